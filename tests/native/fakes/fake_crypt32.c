@@ -1,0 +1,264 @@
+/* Linux stand-in for the crypt32.dll subset the bindings use.
+ *
+ * Semantics kept from Windows:
+ * - A PCCERT_CONTEXT is reference counted: CertDuplicateCertificateContext returns the same pointer
+ *   with one more reference; CertFreeCertificateContext drops one; the last drop frees it.
+ * - CERT_NCRYPT_KEY_HANDLE_PROP_ID (78) stores the NCRYPT_KEY_HANDLE *without* taking ownership:
+ *   freeing the context never frees the key (the documented release-on-free applies only to
+ *   CERT_KEY_PROV_HANDLE_PROP_ID / CERT_KEY_CONTEXT_PROP_ID; ownership transfer is the separate
+ *   CERT_NCRYPT_KEY_HANDLE_TRANSFER_PROP_ID, which this fake does not support).
+ * - Property reads are two-pass: NULL buffer or a short one -> *pcbData = size needed,
+ *   ERROR_MORE_DATA for a short buffer; a missing property -> CRYPT_E_NOT_FOUND.
+ * - A context may live in a store (hCertStore); CertEnumCertificatesInStore frees the previous
+ *   context it is given and returns a new reference the caller frees.
+ * Every context is a live handle of kind "crypt32.cert" for the leak checks.
+ *
+ * BEGIN PYTHON CDEF
+ * int FakeCrypt32_Reset(void);
+ * int FakeCrypt32_RefCount(const void *ctx);
+ * END PYTHON CDEF
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fake_crypt32.h"
+
+#define ERROR_MORE_DATA 234
+#define ERROR_INVALID_PARAMETER 87
+#define E_INVALIDARG ((DWORD)0x80070057)
+#define CRYPT_E_NOT_FOUND ((DWORD)0x80092004)
+#define CRYPT_E_ASN1_BADTAG ((DWORD)0x8009310B)
+
+#define X509_ASN_ENCODING 0x00000001
+#define PKCS_7_ASN_ENCODING 0x00010000
+#define CERT_NCRYPT_KEY_HANDLE_PROP_ID 78
+
+static const char *const KIND_CERT = "crypt32.cert";
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static BOOL fail(DWORD code) {
+    SetLastError(code);
+    return FALSE;
+}
+
+static void store_release_locked(fake_cert_store *store) {
+    if (store == NULL || --store->refs > 0) return;
+    for (size_t i = 0; i < store->count; i++) free(store->der[i]);
+    free(store->der);
+    free(store->der_len);
+    free(store);
+}
+
+/* A new context (one reference) over a copy of `der`; `store` (may be NULL) gains a reference. */
+static fake_cert_context *context_new(const BYTE *der, DWORD len, fake_cert_store *store, size_t index) {
+    fake_cert_context *ctx = calloc(1, sizeof *ctx);
+    BYTE *copy = malloc(len ? len : 1);
+    if (ctx == NULL || copy == NULL) {
+        free(ctx);
+        free(copy);
+        return NULL;
+    }
+    memcpy(copy, der, len);
+    ctx->pub.dwCertEncodingType = X509_ASN_ENCODING | PKCS_7_ASN_ENCODING;
+    ctx->pub.pbCertEncoded = copy;
+    ctx->pub.cbCertEncoded = len;
+    ctx->pub.pCertInfo = NULL;
+    ctx->pub.hCertStore = store;
+    ctx->refs = 1;
+    ctx->store_index = index;
+    if (store != NULL) {
+        pthread_mutex_lock(&g_lock);
+        store->refs++;
+        pthread_mutex_unlock(&g_lock);
+    }
+    fakewin_handle_add(KIND_CERT, ctx);
+    return ctx;
+}
+
+/* A DER blob is accepted when it holds exactly one DER SEQUENCE (what Windows' decoder insists on). */
+static int looks_like_der_certificate(const BYTE *p, DWORD len) {
+    if (p == NULL || len < 2 || p[0] != 0x30) return 0;
+    size_t hdr = 2, body;
+    if (p[1] < 0x80) {
+        body = p[1];
+    } else {
+        size_t n = p[1] & 0x7F;
+        if (n == 0 || n > 4 || len < 2 + n) return 0;
+        body = 0;
+        for (size_t i = 0; i < n; i++) body = (body << 8) | p[2 + i];
+        hdr += n;
+    }
+    return hdr + body == len;
+}
+
+FAKEWIN_EXPORT const CERT_CONTEXT *WINAPI CertCreateCertificateContext(DWORD encoding, const BYTE *der, DWORD len) {
+    if ((encoding & X509_ASN_ENCODING) == 0) {
+        SetLastError(E_INVALIDARG);
+        return NULL;
+    }
+    if (!looks_like_der_certificate(der, len)) {
+        SetLastError(CRYPT_E_ASN1_BADTAG);
+        return NULL;
+    }
+    fake_cert_context *ctx = context_new(der, len, NULL, 0);
+    if (ctx == NULL) {
+        SetLastError(ERROR_NOT_ENOUGH_MEMORY);
+        return NULL;
+    }
+    return &ctx->pub;
+}
+
+fake_cert_context *fakewin_cert_from_public(const CERT_CONTEXT *pub) {
+    if (pub == NULL || !fakewin_handle_live(KIND_CERT, pub)) return NULL;
+    return (fake_cert_context *)pub; /* `pub` is the first member */
+}
+
+FAKEWIN_EXPORT const CERT_CONTEXT *WINAPI CertDuplicateCertificateContext(const CERT_CONTEXT *pub) {
+    fake_cert_context *ctx = fakewin_cert_from_public(pub);
+    if (ctx == NULL) return NULL; /* Windows returns NULL for NULL and does not validate further */
+    pthread_mutex_lock(&g_lock);
+    ctx->refs++;
+    pthread_mutex_unlock(&g_lock);
+    return pub;
+}
+
+FAKEWIN_EXPORT BOOL WINAPI CertFreeCertificateContext(const CERT_CONTEXT *pub) {
+    if (pub == NULL) return TRUE; /* documented: freeing NULL is a no-op */
+    fake_cert_context *ctx = fakewin_cert_from_public(pub);
+    if (ctx == NULL) {
+        fakewin_handle_remove(KIND_CERT, pub); /* counts the bad free */
+        return TRUE;                            /* Windows always returns TRUE */
+    }
+    pthread_mutex_lock(&g_lock);
+    int last = --ctx->refs == 0;
+    pthread_mutex_unlock(&g_lock);
+    if (!last) return TRUE;
+    fakewin_handle_remove(KIND_CERT, ctx);
+    /* Property 78 is a borrowed NCRYPT_KEY_HANDLE: deliberately not freed here. */
+    pthread_mutex_lock(&g_lock);
+    store_release_locked(ctx->pub.hCertStore);
+    pthread_mutex_unlock(&g_lock);
+    free(ctx->pub.pbCertEncoded);
+    free(ctx);
+    return TRUE;
+}
+
+FAKEWIN_EXPORT BOOL WINAPI CertSetCertificateContextProperty(const CERT_CONTEXT *pub, DWORD prop, DWORD flags,
+                                                             const void *data) {
+    (void)flags; /* persistence flags do not matter for a context outside any persisted store */
+    fake_cert_context *ctx = fakewin_cert_from_public(pub);
+    if (ctx == NULL) return fail(ERROR_INVALID_PARAMETER);
+    if (prop == 0 || prop > 0xFFFF) return fail(E_INVALIDARG);
+    if (prop != CERT_NCRYPT_KEY_HANDLE_PROP_ID) return fail(E_INVALIDARG); /* the subset we emulate */
+    pthread_mutex_lock(&g_lock);
+    if (data == NULL) {
+        ctx->has_key = 0;
+        ctx->key = 0;
+    } else {
+        ctx->has_key = 1;
+        ctx->key = *(const NCRYPT_KEY_HANDLE *)data;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return TRUE;
+}
+
+FAKEWIN_EXPORT BOOL WINAPI CertGetCertificateContextProperty(const CERT_CONTEXT *pub, DWORD prop, void *data,
+                                                             DWORD *size) {
+    fake_cert_context *ctx = fakewin_cert_from_public(pub);
+    if (ctx == NULL || size == NULL) return fail(ERROR_INVALID_PARAMETER);
+    if (prop != CERT_NCRYPT_KEY_HANDLE_PROP_ID || !ctx->has_key) return fail(CRYPT_E_NOT_FOUND);
+    DWORD need = sizeof(NCRYPT_KEY_HANDLE);
+    if (data == NULL) {
+        *size = need;
+        return TRUE;
+    }
+    if (*size < need) {
+        *size = need;
+        return fail(ERROR_MORE_DATA);
+    }
+    memcpy(data, &ctx->key, need);
+    *size = need;
+    return TRUE;
+}
+
+FAKEWIN_EXPORT const CERT_CONTEXT *WINAPI CertEnumCertificatesInStore(void *hstore, const CERT_CONTEXT *prev) {
+    fake_cert_store *store = hstore;
+    size_t next = 0;
+    if (store == NULL) {
+        SetLastError(ERROR_INVALID_PARAMETER);
+        return NULL;
+    }
+    if (prev != NULL) {
+        fake_cert_context *p = fakewin_cert_from_public(prev);
+        if (p == NULL || p->pub.hCertStore != store) {
+            SetLastError(E_INVALIDARG);
+            return NULL;
+        }
+        next = p->store_index + 1;
+    }
+    /* Hold the store across freeing `prev`, which may drop the store's last outside reference. */
+    pthread_mutex_lock(&g_lock);
+    store->refs++;
+    pthread_mutex_unlock(&g_lock);
+    if (prev != NULL) CertFreeCertificateContext(prev); /* documented: the previous context is freed */
+    const CERT_CONTEXT *result = NULL;
+    DWORD error = CRYPT_E_NOT_FOUND;
+    if (next < store->count) {
+        fake_cert_context *ctx = context_new(store->der[next], (DWORD)store->der_len[next], store, next);
+        if (ctx != NULL) result = &ctx->pub;
+        else error = ERROR_NOT_ENOUGH_MEMORY;
+    }
+    pthread_mutex_lock(&g_lock);
+    store_release_locked(store);
+    pthread_mutex_unlock(&g_lock);
+    if (result == NULL) SetLastError(error);
+    return result;
+}
+
+const CERT_CONTEXT *fakewin_cert_new_in_store(const unsigned char *const *der, const size_t *len, size_t count) {
+    if (count == 0) return NULL;
+    fake_cert_store *store = calloc(1, sizeof *store);
+    if (store == NULL) return NULL;
+    store->der = calloc(count, sizeof *store->der);
+    store->der_len = calloc(count, sizeof *store->der_len);
+    if (store->der == NULL || store->der_len == NULL) goto oom;
+    for (size_t i = 0; i < count; i++) {
+        store->der[i] = malloc(len[i] ? len[i] : 1);
+        if (store->der[i] == NULL) goto oom;
+        memcpy(store->der[i], der[i], len[i]);
+        store->der_len[i] = len[i];
+        store->count = i + 1;
+    }
+    store->refs = 1; /* ours, dropped below once the context holds its own */
+    fake_cert_context *ctx = context_new(store->der[0], (DWORD)store->der_len[0], store, 0);
+    pthread_mutex_lock(&g_lock);
+    store_release_locked(store);
+    pthread_mutex_unlock(&g_lock);
+    return ctx ? &ctx->pub : NULL;
+oom:
+    store->refs = 1;
+    store_release_locked(store);
+    return NULL;
+}
+
+int fakewin_cert_key(const CERT_CONTEXT *pub, NCRYPT_KEY_HANDLE *key) {
+    fake_cert_context *ctx = fakewin_cert_from_public(pub);
+    if (ctx == NULL) return -1;
+    pthread_mutex_lock(&g_lock);
+    int has = ctx->has_key;
+    if (has) *key = ctx->key;
+    pthread_mutex_unlock(&g_lock);
+    return has ? 0 : -1;
+}
+
+FAKEWIN_EXPORT int FakeCrypt32_Reset(void) { return 0; }
+
+FAKEWIN_EXPORT int FakeCrypt32_RefCount(const void *pub) {
+    fake_cert_context *ctx = fakewin_cert_from_public(pub);
+    if (ctx == NULL) return 0;
+    pthread_mutex_lock(&g_lock);
+    int refs = ctx->refs;
+    pthread_mutex_unlock(&g_lock);
+    return refs;
+}
