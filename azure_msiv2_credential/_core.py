@@ -229,7 +229,8 @@ class CredentialCore:
         _LOGGER.warning("Token refresh failed; serving the cached token until it expires: %s", error)
 
     def log_binding(self, binding: Any, correlation_id: str) -> None:
-        _LOGGER.info(
+        _LOGGER.log(
+            logging.DEBUG if in_credential_chain() else logging.INFO,
             "MSI v2 certificate %s issued for client id %s (%s key%s), valid until %s, rotates at %s, "
             "correlation id %s",
             binding.thumbprint,

@@ -56,18 +56,18 @@ def test_keyguard_flow_end_to_end(keyguard_host: Emulator, fakewin: FakeWin, att
 
 def test_attestation_failure_is_fatal_and_never_downgrades(keyguard_host: Emulator, fakewin: FakeWin) -> None:
     fakewin.set_attestation_mode("fail")
-    with _credential(keyguard_host, fakewin, with_attestation_support=True) as credential:
-        with pytest.raises(MsiV2Error) as info:
-            credential.get_token_info(f"{keyguard_host.resource_url}/.default")
+    credential = _credential(keyguard_host, fakewin, with_attestation_support=True)
+    with credential as cred, pytest.raises(MsiV2Error) as info:
+        cred.get_token_info(f"{keyguard_host.resource_url}/.default")
     assert info.value.error_code == ErrorCode.ATTESTATION_FAILED
     assert keyguard_host.calls["issuecredential"] == 0  # no non-attested request instead
 
 
 def test_no_vbs_means_keyguard_unavailable(keyguard_host: Emulator, fakewin: FakeWin) -> None:
     fakewin.set_vbs(False)
-    with _credential(keyguard_host, fakewin, with_attestation_support=True) as credential:
-        with pytest.raises(MsiV2Error) as info:
-            credential.get_token_info(f"{keyguard_host.resource_url}/.default")
+    credential = _credential(keyguard_host, fakewin, with_attestation_support=True)
+    with credential as cred, pytest.raises(MsiV2Error) as info:
+        cred.get_token_info(f"{keyguard_host.resource_url}/.default")
     assert info.value.error_code == ErrorCode.KEYGUARD_UNAVAILABLE
     assert keyguard_host.calls["issuecredential"] == 0
 
