@@ -1,7 +1,33 @@
 """crypt32.dll: the certificate context WinHTTP presents as the TLS client certificate.
 
 WinHTTP signs the TLS handshake with whatever key the certificate context carries, so a KeyGuard key
-(which never leaves CNG) is attached to the context as ``CERT_NCRYPT_KEY_HANDLE_PROP_ID``.
+(which never leaves CNG) is attached to the context, in two ways:
+
+- by handle, ``CERT_NCRYPT_KEY_HANDLE_PROP_ID`` (:meth:`CertContext.bind_ncrypt_key`): the open key itself;
+- by name, ``CERT_KEY_PROV_INFO_PROP_ID`` (:meth:`CertContext.bind_key_provider_info`): a
+  ``CRYPT_KEY_PROV_INFO`` naming the key storage provider and the persisted key, from which crypt32 /
+  Schannel can open the key themselves, the way a certificate from a store finds its key. This is how
+  .NET's ``CopyWithPrivateKey`` binds a *persisted* CNG key (the handle property is what it uses only for
+  ephemeral keys), so a Schannel that looks for the key by name finds it too.
+
+**The ``CRYPT_KEY_PROV_INFO`` values** (learn.microsoft.com, "CRYPT_KEY_PROV_INFO structure (wincrypt.h)"):
+``dwProvType = 0`` means a CNG key storage provider; then ``pwszProvName`` is passed to
+``NCryptOpenStorageProvider``, ``pwszContainerName`` to ``NCryptOpenKey`` as the key name, ``dwKeySpec`` to
+``NCryptOpenKey`` as ``dwLegacyKeySpec``, and ``cProvParam``/``rgProvParam`` "must be zero"/"NULL". The
+documented ``dwLegacyKeySpec`` values are ``AT_KEYEXCHANGE``, ``AT_SIGNATURE`` and 0 ("none of the above")
+("NCryptOpenKey function (ncrypt.h)"), so ``dwKeySpec`` is **0**, the value our own ``NCryptOpenKey`` and
+``NCryptCreatePersistedKey`` calls use and the one .NET uses for the Microsoft software KSP.
+``CERT_NCRYPT_KEY_SPEC`` (0xFFFFFFFF) is *not* used: it is what crypt32 reports for a CNG key
+(``CryptAcquireCertificatePrivateKey``'s ``pdwKeySpec``, the key context that property 78 creates), not a
+documented ``dwLegacyKeySpec``. ``dwFlags`` is **0**: its documented values are
+``CERT_SET_KEY_CONTEXT_PROP_ID``, ``NCRYPT_MACHINE_KEY_FLAG`` and ``NCRYPT_SILENT_FLAG``; the KeyGuard key is
+a per-user key (created without ``NCRYPT_MACHINE_KEY_FLAG``), and the per-boot / virtual-isolation flags
+exist only at creation (``NCryptCreatePersistedKey``), not when opening, so nothing describes them here.
+
+crypt32 keeps its own copy of the structure: "If a property already exists, its old value is replaced"
+("CertSetCertificateContextProperty"), and reading it back returns the structure with "structures pointed
+to by members ... returned following the base structure" in the caller's buffer
+("CertGetCertificateContextProperty"). So our strings need to live only for the duration of the call.
 
 **Ownership of the attached key handle.** The property *borrows* the handle. Microsoft documents a
 release-on-final-free only for ``CERT_KEY_PROV_HANDLE_PROP_ID`` / ``CERT_KEY_CONTEXT_PROP_ID`` (the
@@ -19,7 +45,7 @@ from __future__ import annotations
 import struct
 import threading
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from ._errors import NativeCallError, NativeError
 from ._loader import last_error, load
@@ -27,7 +53,14 @@ from ._winapi import ffi
 
 X509_ASN_ENCODING = 0x00000001
 PKCS_7_ASN_ENCODING = 0x00010000
+CERT_KEY_PROV_INFO_PROP_ID = 2
 CERT_NCRYPT_KEY_HANDLE_PROP_ID = 78
+#: What crypt32 *reports* as the key spec of a CNG key; never a CRYPT_KEY_PROV_INFO.dwKeySpec we set.
+CERT_NCRYPT_KEY_SPEC = 0xFFFFFFFF
+#: CRYPT_KEY_PROV_INFO.dwProvType for a CNG key storage provider (rather than a CryptoAPI CSP type).
+KEY_PROV_TYPE_CNG = 0
+#: CRYPT_KEY_PROV_INFO.dwKeySpec of a CNG key: NCryptOpenKey's dwLegacyKeySpec 0, "none of the above".
+KEY_SPEC_NONE = 0
 #: Our contexts live in no persisted store; say so, so that nothing is ever written anywhere.
 CERT_SET_PROPERTY_INHIBIT_PERSIST_FLAG = 0x40000000
 
@@ -51,6 +84,17 @@ CRYPT32_ERROR_NAMES: dict[int, str] = {
 _SIZE_RETRIES = 3
 
 
+class KeyProvInfo(NamedTuple):
+    """``CERT_KEY_PROV_INFO_PROP_ID`` as read back (names are not secret: a provider and a key name)."""
+
+    container_name: Optional[str]  # for a CNG provider: the key name
+    provider_name: Optional[str]
+    provider_type: int  # 0 = CNG key storage provider
+    flags: int
+    key_spec: int
+    param_count: int
+
+
 class Crypt32Error(NativeCallError):
     """A crypt32 call failed; ``code`` is its ``GetLastError()`` value."""
 
@@ -58,11 +102,16 @@ class Crypt32Error(NativeCallError):
         super().__init__(function, code, CRYPT32_ERROR_NAMES)
 
 
+def _wide_or_none(ptr: Any) -> Optional[str]:
+    return None if ptr == ffi.NULL else str(ffi.string(ptr))
+
+
 class CertContext:
     """Owns one ``PCCERT_CONTEXT`` (one reference); ``close()`` frees it exactly once.
 
     ``key_owner``: the object that owns a key handle attached with :meth:`bind_ncrypt_key`; it is kept
-    referenced for the context's lifetime because the context only borrows the handle.
+    referenced for the context's lifetime because the context only borrows the handle. The names attached
+    with :meth:`bind_key_provider_info` are copied by crypt32 and need no owner.
     """
 
     __slots__ = ("_key_owner", "_lib", "_lock", "_ptr")
@@ -125,8 +174,62 @@ class CertContext:
             raise Crypt32Error("CertSetCertificateContextProperty", last_error())
         self._key_owner = key_owner
 
+    def bind_key_provider_info(self, provider_name: str, key_name: str) -> None:
+        """Name the certificate's private key: a persisted CNG key ``key_name`` in the key storage provider
+        ``provider_name`` (``CERT_KEY_PROV_INFO_PROP_ID``; values explained in the module docstring).
+
+        Independent of :meth:`bind_ncrypt_key` (set both: the handle for the key this process holds open,
+        the names for whoever opens the key from the certificate itself).
+        """
+        for what, text in (("provider_name", provider_name), ("key_name", key_name)):
+            if not text or "\0" in text:
+                raise ValueError(f"{what} must be a non-empty string without NUL characters")
+        # Kept referenced until the call returns; crypt32 copies the structure and the strings.
+        provider = ffi.new("char16_t[]", provider_name)
+        container = ffi.new("char16_t[]", key_name)
+        info = ffi.new("CRYPT_KEY_PROV_INFO *")
+        info.pwszContainerName = container
+        info.pwszProvName = provider
+        info.dwProvType = KEY_PROV_TYPE_CNG
+        info.dwFlags = 0
+        info.cProvParam = 0
+        info.rgProvParam = ffi.NULL
+        info.dwKeySpec = KEY_SPEC_NONE
+        ok = self._lib.CertSetCertificateContextProperty(
+            self.ptr, CERT_KEY_PROV_INFO_PROP_ID, CERT_SET_PROPERTY_INHIBIT_PERSIST_FLAG, info
+        )
+        if not ok:
+            raise Crypt32Error("CertSetCertificateContextProperty", last_error())
+
+    def key_provider_info(self) -> Optional[KeyProvInfo]:
+        """``CERT_KEY_PROV_INFO_PROP_ID`` read back (two-pass), or None when the context does not have it."""
+        found = self._read_property(CERT_KEY_PROV_INFO_PROP_ID)
+        if found is None:
+            return None
+        buf, size = found
+        if size < ffi.sizeof("CRYPT_KEY_PROV_INFO"):
+            raise Crypt32Error("CertGetCertificateContextProperty", ERROR_INVALID_PARAMETER)
+        # The strings follow the structure in `buf`, which stays alive while we read them.
+        info = ffi.cast("CRYPT_KEY_PROV_INFO *", buf)
+        return KeyProvInfo(
+            container_name=_wide_or_none(info.pwszContainerName),
+            provider_name=_wide_or_none(info.pwszProvName),
+            provider_type=int(info.dwProvType),
+            flags=int(info.dwFlags),
+            key_spec=int(info.dwKeySpec),
+            param_count=int(info.cProvParam),
+        )
+
     def get_property(self, prop_id: int) -> Optional[bytes]:
         """A property's bytes (two-pass size query), or None when the context does not have it."""
+        found = self._read_property(prop_id)
+        if found is None:
+            return None
+        buf, size = found
+        return bytes(ffi.buffer(buf, size))
+
+    def _read_property(self, prop_id: int) -> Optional[tuple[Any, int]]:
+        """``(buffer, bytes used)`` by the two-pass size query, or None when the property is absent."""
         size = ffi.new("uint32_t *")
         if not self._lib.CertGetCertificateContextProperty(self.ptr, prop_id, ffi.NULL, size):
             code = last_error()
@@ -134,9 +237,11 @@ class CertContext:
                 return None
             raise Crypt32Error("CertGetCertificateContextProperty", code)
         for _ in range(_SIZE_RETRIES):
-            buf = ffi.new("uint8_t[]", max(int(size[0]), 1))
+            # uint64_t-aligned, so a structure returned at its start can be read in place
+            buf = ffi.new("uint64_t[]", max((int(size[0]) + 7) // 8, 1))
+            size[0] = ffi.sizeof(buf)
             if self._lib.CertGetCertificateContextProperty(self.ptr, prop_id, buf, size):
-                return bytes(ffi.buffer(buf, size[0]))
+                return buf, int(size[0])
             code = last_error()
             if code == CRYPT_E_NOT_FOUND:
                 return None

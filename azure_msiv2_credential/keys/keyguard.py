@@ -53,8 +53,11 @@ class KeyGuardKey:
         name: str,
         libraries: NativeLibraries,
         public_key: rsa.RSAPublicKey,
+        provider_name: str = nc.MS_KEY_STORAGE_PROVIDER,
     ) -> None:
         self._api = api
+        self._name = name
+        self._provider_name = provider_name
         self._provider = provider  # kept open as long as the key: CNG does not promise keys outlive it
         self._handle = handle
         self._libraries = libraries
@@ -70,6 +73,16 @@ class KeyGuardKey:
     @property
     def key_id(self) -> str:
         return self._key_id
+
+    @property
+    def key_name(self) -> str:
+        """The persisted key's name in its key storage provider (``NCryptOpenKey``'s ``pszKeyName``)."""
+        return self._name
+
+    @property
+    def provider_name(self) -> str:
+        """The key storage provider holding the key (``NCryptOpenStorageProvider``'s ``pszProviderName``)."""
+        return self._provider_name
 
     @property
     def native_handle(self) -> int:
@@ -155,8 +168,9 @@ class KeyGuardKeyProvider:
             raise MsiV2Error(
                 f"KeyGuard is not available here: {exc}", error_code=ErrorCode.KEYGUARD_UNAVAILABLE
             ) from exc
+        provider_name = nc.MS_KEY_STORAGE_PROVIDER
         try:
-            provider = api.open_storage_provider(nc.MS_KEY_STORAGE_PROVIDER)
+            provider = api.open_storage_provider(provider_name)
         except NativeError as exc:
             raise _key_error("opening the key storage provider failed", exc) from exc
         try:
@@ -172,7 +186,15 @@ class KeyGuardKeyProvider:
         except BaseException:
             provider.close()
             raise
-        return KeyGuardKey(api, provider, handle, name=self._key_name, libraries=libraries, public_key=public_key)
+        return KeyGuardKey(
+            api,
+            provider,
+            handle,
+            name=self._key_name,
+            libraries=libraries,
+            public_key=public_key,
+            provider_name=provider_name,
+        )
 
     def _open_or_create(self, api: nc.NCrypt, provider: nc.NCryptHandle) -> nc.NCryptHandle:
         for _ in range(_ATTEMPTS):

@@ -1,8 +1,10 @@
 """A small blocking HTTPS client over WinHTTP, for bindings whose key cannot leave CNG (KeyGuard).
 
 OpenSSL needs the private key in process memory; a KeyGuard key never is. WinHTTP (Schannel) signs the
-handshake through the certificate context's ``CERT_NCRYPT_KEY_HANDLE_PROP_ID``, so this client is the
-one way a KeyGuard binding speaks TLS, for the token leg and the SDK transports alike.
+handshake with the certificate context's private key, so this client is the one way a KeyGuard binding
+speaks TLS, for the token leg and the SDK transports alike. The context carries the key both by handle
+(``CERT_NCRYPT_KEY_HANDLE_PROP_ID``) and by name (``CERT_KEY_PROV_INFO_PROP_ID``: provider + persisted key
+name), so Schannel finds it whichever of the two it consults (see ``_native/crypt32.py``).
 
 Shape: one WinHTTP session per client (its own keep-alive pool), one connect handle per host:port,
 and the certificate context built once per client and bound to the key. Each :meth:`WinHttpClient.send`
@@ -80,10 +82,17 @@ Headers = Union[Mapping[str, str], Iterable[tuple[str, str]]]
 
 
 class CngKey(Protocol):
-    """What the client needs from the key: an open NCRYPT_KEY_HANDLE it may borrow (KeyGuardKey)."""
+    """What the client needs from the key (KeyGuardKey): an open NCRYPT_KEY_HANDLE it may borrow, and the
+    names under which the persisted key can be opened again."""
 
     @property
     def native_handle(self) -> int: ...
+
+    @property
+    def key_name(self) -> str: ...
+
+    @property
+    def provider_name(self) -> str: ...
 
 
 class ServerCertificateError(WinHttpError, ssl.SSLCertVerificationError):
@@ -379,6 +388,9 @@ class WinHttpClient:
         self._closed = False
         self._cert = CertContext.from_der(libraries.crypt32, certificate_der)
         try:
+            # Names first, handle last: should crypt32 drop a cached key context when the names change,
+            # the handle set afterwards is still there.
+            self._cert.bind_key_provider_info(key.provider_name, key.key_name)
             self._cert.bind_ncrypt_key(key.native_handle, key)
             self._session = Session.open(libraries.winhttp, user_agent, proxy)
         except BaseException:

@@ -52,6 +52,8 @@ def test_cdefs_match_the_windows_headers(arch: str, tmp_path: Path) -> None:
         # a field of the wrong width moves the struct's layout
         ("x86_64", "uint32_t cbSalt;", "uint16_t cbSalt;", "BCRYPT_PSS_PADDING_INFO", "compat.c"),
         ("x86_64", "uint32_t cbModulus;", "uint64_t cbModulus;", "BCRYPT_RSAKEY_BLOB", "compat.c"),
+        ("x86_64", "uint32_t dwKeySpec;", "uint64_t dwKeySpec;", "CRYPT_KEY_PROV_INFO", "compat.c"),
+        ("i686", "uint32_t cProvParam;", "uint16_t cProvParam;", "CRYPT_KEY_PROV_INFO", "compat.c"),
         # a parameter of the wrong type
         (
             "x86_64",

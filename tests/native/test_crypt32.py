@@ -1,9 +1,11 @@
-"""CertContext against the fake crypt32.dll: creation, property 78 ownership, two-pass reads, leak-free."""
+"""CertContext against the fake crypt32.dll: creation, property 78 ownership, property 2 (the key by name),
+two-pass reads, leak-free."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -13,8 +15,10 @@ from cryptography.x509.oid import NameOID
 
 from azure_msiv2_credential._native import NativeError
 from azure_msiv2_credential._native import crypt32 as c32
-from azure_msiv2_credential._native.crypt32 import CertContext, Crypt32Error
-from azure_msiv2_credential.keys.keyguard import KeyGuardKey, KeyGuardKeyProvider
+from azure_msiv2_credential._native._loader import last_error
+from azure_msiv2_credential._native._winapi import ffi
+from azure_msiv2_credential._native.crypt32 import CertContext, Crypt32Error, KeyProvInfo
+from azure_msiv2_credential.keys.keyguard import DEFAULT_KEY_NAME, KeyGuardKey, KeyGuardKeyProvider
 
 from ._fakes import FakeWin
 
@@ -118,3 +122,133 @@ def test_duplicate_is_reference_counted(fakewin: FakeWin, cert_der: bytes) -> No
         with CertContext(lib, dup):
             pass
         assert fakewin.ctl.FakeCrypt32_RefCount(ctx.ptr) == 1
+
+
+# ---- CERT_KEY_PROV_INFO_PROP_ID: the key by name ------------------------------------------------
+
+
+def _prov_infos(fakewin: FakeWin) -> int:
+    return int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"crypt32.keyprovinfo"))
+
+
+def _raw_prov_info(provider: str, name: str, key_spec: int = 0) -> tuple[Any, list[Any]]:
+    """A CRYPT_KEY_PROV_INFO built by hand, plus the buffers it points to (keep them referenced)."""
+    provider_buf = ffi.new("char16_t[]", provider)
+    name_buf = ffi.new("char16_t[]", name)
+    info = ffi.new("CRYPT_KEY_PROV_INFO *")
+    info.pwszProvName = provider_buf
+    info.pwszContainerName = name_buf
+    info.dwKeySpec = key_spec
+    return info, [provider_buf, name_buf]
+
+
+def test_keyguard_key_names_are_exposed(key: KeyGuardKey) -> None:
+    assert key.key_name == DEFAULT_KEY_NAME
+    assert key.provider_name == "Microsoft Software Key Storage Provider"
+
+
+def test_property_2_round_trip(fakewin: FakeWin, key: KeyGuardKey, cert_der: bytes) -> None:
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        assert ctx.key_provider_info() is None  # missing: CRYPT_E_NOT_FOUND -> None
+        ctx.bind_key_provider_info(key.provider_name, key.key_name)
+        info = ctx.key_provider_info()
+        assert info == KeyProvInfo(
+            container_name=key.key_name,
+            provider_name=key.provider_name,
+            provider_type=c32.KEY_PROV_TYPE_CNG,
+            flags=0,
+            key_spec=c32.KEY_SPEC_NONE,
+            param_count=0,
+        )
+        assert info is not None and info.key_spec != c32.CERT_NCRYPT_KEY_SPEC
+        assert ctx.ncrypt_key_handle() is None  # the names do not attach a handle
+        # two-pass read: the structure, then both strings (NUL-terminated UTF-16) after it
+        raw = ctx.get_property(c32.CERT_KEY_PROV_INFO_PROP_ID)
+        strings = 2 * (len(key.key_name) + 1) + 2 * (len(key.provider_name) + 1)
+        assert raw is not None and len(raw) == ffi.sizeof("CRYPT_KEY_PROV_INFO") + strings
+
+
+def test_property_2_non_ascii_names(fakewin: FakeWin, cert_der: bytes) -> None:
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        ctx.bind_key_provider_info("Ünïcode KSP", "ключ-\U0001f511")  # a surrogate pair in UTF-16
+        info = ctx.key_provider_info()
+        assert info is not None
+        assert (info.provider_name, info.container_name) == ("Ünïcode KSP", "ключ-\U0001f511")
+
+
+def test_both_properties_live_side_by_side(fakewin: FakeWin, key: KeyGuardKey, cert_der: bytes) -> None:
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        ctx.bind_key_provider_info(key.provider_name, key.key_name)
+        ctx.bind_ncrypt_key(key.native_handle, key)
+        info = ctx.key_provider_info()
+        assert info is not None and info.container_name == key.key_name
+        assert ctx.ncrypt_key_handle() == key.native_handle
+
+
+def test_property_2_is_copied_by_crypt32(fakewin: FakeWin, cert_der: bytes) -> None:
+    """Our buffers need to live only for the call: overwriting them afterwards changes nothing."""
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        info, buffers = _raw_prov_info("Provider A", "Key A")
+        assert ctx._lib.CertSetCertificateContextProperty(ctx.ptr, c32.CERT_KEY_PROV_INFO_PROP_ID, 0, info)
+        for buf in buffers:
+            ffi.memmove(buf, b"\xff" * ffi.sizeof(buf), ffi.sizeof(buf))
+        info.dwKeySpec = 2
+        del info, buffers
+        read = ctx.key_provider_info()
+        assert read is not None
+        assert (read.provider_name, read.container_name, read.key_spec) == ("Provider A", "Key A", 0)
+
+
+def test_property_2_is_freed_with_the_context(fakewin: FakeWin, cert_der: bytes) -> None:
+    before = _prov_infos(fakewin)
+    ctx = CertContext.from_der(fakewin.libraries.crypt32, cert_der)
+    ctx.bind_key_provider_info("P", "K")
+    assert _prov_infos(fakewin) == before + 1
+    dup = CertContext(ctx._lib, ctx._lib.CertDuplicateCertificateContext(ctx.ptr))
+    ctx.close()
+    assert _prov_infos(fakewin) == before + 1  # a reference is left: the property lives on
+    assert dup.key_provider_info() is not None
+    dup.close()  # the final free frees the copy
+    assert _prov_infos(fakewin) == before
+
+
+def test_property_2_replaced_and_deleted(fakewin: FakeWin, cert_der: bytes) -> None:
+    before = _prov_infos(fakewin)
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        ctx.bind_key_provider_info("P", "first")
+        ctx.bind_key_provider_info("P", "second")  # "its old value is replaced"
+        assert _prov_infos(fakewin) == before + 1
+        info = ctx.key_provider_info()
+        assert info is not None and info.container_name == "second"
+        # pvData NULL deletes the property
+        assert ctx._lib.CertSetCertificateContextProperty(ctx.ptr, c32.CERT_KEY_PROV_INFO_PROP_ID, 0, ffi.NULL)
+        assert ctx.key_provider_info() is None
+        assert _prov_infos(fakewin) == before
+
+
+def test_property_2_short_buffer_is_more_data(fakewin: FakeWin, cert_der: bytes) -> None:
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        ctx.bind_key_provider_info("P", "K")
+        size = ffi.new("uint32_t *", 8)
+        buf = ffi.new("uint8_t[]", 8)
+        assert not ctx._lib.CertGetCertificateContextProperty(ctx.ptr, c32.CERT_KEY_PROV_INFO_PROP_ID, buf, size)
+        assert last_error() == c32.ERROR_MORE_DATA
+        assert size[0] == ffi.sizeof("CRYPT_KEY_PROV_INFO") + 2 * 2 + 2 * 2
+
+
+def test_property_2_cng_with_params_is_refused(fakewin: FakeWin, cert_der: bytes) -> None:
+    """dwProvType 0: cProvParam "must be zero" and rgProvParam "must be NULL"."""
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        info, _buffers = _raw_prov_info("P", "K")
+        param = ffi.new("CRYPT_KEY_PROV_PARAM *")
+        info.cProvParam = 1
+        info.rgProvParam = param
+        assert not ctx._lib.CertSetCertificateContextProperty(ctx.ptr, c32.CERT_KEY_PROV_INFO_PROP_ID, 0, info)
+        assert last_error() == c32.E_INVALIDARG
+        assert ctx.key_provider_info() is None
+
+
+@pytest.mark.parametrize(("provider", "name"), [("", "K"), ("P", ""), ("P", "K\0x")])
+def test_bind_key_provider_info_refuses_bad_names(fakewin: FakeWin, cert_der: bytes, provider: str, name: str) -> None:
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx, pytest.raises(ValueError):
+        ctx.bind_key_provider_info(provider, name)

@@ -1,4 +1,5 @@
-"""WinHttpClient against the fake winhttp.dll: real TLS over loopback, client auth with the fake KeyGuard key.
+"""WinHttpClient against the fake winhttp.dll: real TLS over loopback, client auth with the fake KeyGuard key
+(attached by handle, by name, or both).
 
 The test server is Python's ``ssl`` + ``http.server`` requiring a client certificate issued by the test
 root. The client certificate is issued for the fake KeyGuard key's public key, so a completed handshake
@@ -29,7 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from azure_msiv2_credential._native import crypt32 as c32
 from azure_msiv2_credential._native import winhttp as wh
+from azure_msiv2_credential._native._winapi import ffi
 from azure_msiv2_credential._native.crypt32 import CertContext
 from azure_msiv2_credential.keys.keyguard import KeyGuardKey, KeyGuardKeyProvider
 from azure_msiv2_credential.transport._winhttp import (
@@ -706,3 +709,100 @@ def test_native_handle_states(fakewin: FakeWin, server: Server) -> None:
             session.set_dword_option(wh.WINHTTP_OPTION_SECURITY_FLAGS, 0)  # a request option
         assert info.value.code == wh.ERROR_WINHTTP_INCORRECT_HANDLE_TYPE
     assert repr(request) == "Request(closed)"
+
+
+# ---- the key found by name (CERT_KEY_PROV_INFO_PROP_ID) -------------------------------------------
+
+
+def _keys_open(fakewin: FakeWin) -> int:
+    return int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key"))
+
+
+def _drop_key_handle(cert: CertContext) -> None:
+    """Delete CERT_NCRYPT_KEY_HANDLE_PROP_ID (pvData NULL deletes a property): only the names are left."""
+    assert cert._lib.CertSetCertificateContextProperty(cert.ptr, c32.CERT_NCRYPT_KEY_HANDLE_PROP_ID, 0, ffi.NULL)
+    assert cert.ncrypt_key_handle() is None
+
+
+def _set_prov_info(cert: CertContext, provider: str, name: str, key_spec: int) -> None:
+    provider_buf, name_buf = ffi.new("char16_t[]", provider), ffi.new("char16_t[]", name)
+    info = ffi.new("CRYPT_KEY_PROV_INFO *")
+    info.pwszProvName, info.pwszContainerName, info.dwKeySpec = provider_buf, name_buf, key_spec
+    assert cert._lib.CertSetCertificateContextProperty(cert.ptr, c32.CERT_KEY_PROV_INFO_PROP_ID, 0, info)
+
+
+def test_client_binds_the_key_by_handle_and_by_name(
+    fakewin: FakeWin, client: WinHttpClient, key: KeyGuardKey, client_der: bytes, server: Server
+) -> None:
+    cert: CertContext = client._cert
+    assert cert.ncrypt_key_handle() == key.native_handle
+    info = cert.key_provider_info()
+    assert info is not None
+    assert (info.provider_name, info.container_name) == (key.provider_name, key.key_name)
+    assert (info.provider_type, info.flags, info.key_spec, info.param_count) == (0, 0, 0, 0)
+    opens = fakewin.calls("NCryptOpenKey")
+    with client.send("GET", server.url("/whoami"), {}) as response:
+        assert response.read() == client_der
+    assert fakewin.calls("NCryptOpenKey") == opens  # with both set, the handle is used: no lookup by name
+
+
+def test_handshake_with_only_property_2(
+    fakewin: FakeWin, client: WinHttpClient, key: KeyGuardKey, client_der: bytes, server: Server
+) -> None:
+    """The names alone are enough: the key is opened by name for the handshake and released after it."""
+    _drop_key_handle(client._cert)
+    opens, keys_open = fakewin.calls("NCryptOpenKey"), _keys_open(fakewin)
+    with client.send("GET", server.url("/whoami"), {}) as response:
+        assert response.status == 200
+        assert response.read() == client_der  # the server verified a handshake signed by the KeyGuard key
+        assert _keys_open(fakewin) == keys_open  # the key opened by name is already released
+    assert fakewin.calls("NCryptOpenKey") == opens + 1
+    assert server.seen[0].client_der == client_der
+
+
+def test_only_property_2_keeps_the_connection_alive(fakewin: FakeWin, client: WinHttpClient, server: Server) -> None:
+    _drop_key_handle(client._cert)
+    before = _connections(fakewin)
+    for _ in range(3):
+        with client.send("GET", server.url("/hello"), {}) as response:
+            assert response.read() == b"hello"
+    assert _connections(fakewin) - before == 1  # same names, same key: the pooled connection is reused
+
+
+@pytest.mark.parametrize(
+    ("provider", "name", "key_spec"),
+    [
+        ("Microsoft Software Key Storage Provider", "NoSuchKey", 0),  # NCryptOpenKey: NTE_BAD_KEYSET
+        ("No Such Provider", "AzureMsiV2BindingKey", 0),  # NCryptOpenStorageProvider: NTE_BAD_PROVIDER
+        # CERT_NCRYPT_KEY_SPEC is not one of NCryptOpenKey's documented dwLegacyKeySpec values
+        ("Microsoft Software Key Storage Provider", "AzureMsiV2BindingKey", c32.CERT_NCRYPT_KEY_SPEC),
+    ],
+)
+def test_property_2_naming_no_usable_key_fails_cleanly(
+    fakewin: FakeWin, client: WinHttpClient, server: Server, provider: str, name: str, key_spec: int
+) -> None:
+    _drop_key_handle(client._cert)
+    _set_prov_info(client._cert, provider, name, key_spec)
+    with pytest.raises(WinHttpError) as info:
+        client.send("GET", server.url("/hello"), {})
+    assert info.value.code == wh.ERROR_WINHTTP_CLIENT_CERT_NO_PRIVATE_KEY
+    assert server.seen == []  # no_leaks: the provider handle opened for the lookup was released too
+
+
+def test_property_2_key_of_a_previous_boot_cannot_sign(fakewin: FakeWin, client: WinHttpClient, server: Server) -> None:
+    """A per-boot key opens by name after a reboot but is stale: no private key for the handshake."""
+    _drop_key_handle(client._cert)
+    fakewin.reboot()
+    with pytest.raises(WinHttpError) as info:
+        client.send("GET", server.url("/hello"), {})
+    assert info.value.code == wh.ERROR_WINHTTP_CLIENT_CERT_NO_PRIVATE_KEY
+
+
+def test_property_2_open_failure_is_reported(fakewin: FakeWin, client: WinHttpClient, server: Server) -> None:
+    _drop_key_handle(client._cert)
+    fakewin.fail_next("NCryptOpenKey", 0x80090016)  # NTE_BAD_KEYSET
+    with pytest.raises(WinHttpError) as info:
+        client.send("GET", server.url("/hello"), {})
+    assert info.value.code == wh.ERROR_WINHTTP_CLIENT_CERT_NO_PRIVATE_KEY
+    with client.send("GET", server.url("/hello"), {}) as response:  # the next lookup works again
+        assert response.read() == b"hello"

@@ -1,6 +1,8 @@
 /* Linux stand-in for the winhttp.dll subset the bindings use: synchronous HTTP/1.1 over a real TLS
  * connection (POSIX sockets + OpenSSL), with the client certificate taken from a crypt32 context and
- * its private key from the fake NCrypt key attached as CERT_NCRYPT_KEY_HANDLE_PROP_ID.
+ * its private key from the fake NCrypt key the context carries: the handle attached as
+ * CERT_NCRYPT_KEY_HANDLE_PROP_ID, or else the persisted key named by CERT_KEY_PROV_INFO_PROP_ID, which is
+ * opened by name (NCryptOpenStorageProvider + NCryptOpenKey) for the handshake and released after it.
  *
  * What it keeps from Windows:
  * - Handles: session (WinHttpOpen) > connect (WinHttpConnect) > request (WinHttpOpenRequest); each is a
@@ -149,7 +151,7 @@ typedef struct conn {
     /* identity the connection was made with; reuse needs the same */
     unsigned char *client_der;
     size_t client_der_len;
-    NCRYPT_KEY_HANDLE client_key;
+    char *client_key_id; /* fakewin_cert_key_identity of the certificate context */
     DWORD sec_flags;
     /* what happened during the handshake */
     int verify_error;
@@ -245,6 +247,7 @@ static void conn_free(conn *k) {
     if (k->ctx) SSL_CTX_free(k->ctx);
     if (k->fd >= 0) close(k->fd);
     free(k->client_der);
+    free(k->client_key_id);
     peer_free(k->peer_der, k->peer_len, k->peer_count);
     free(k->rbuf);
     free(k);
@@ -812,7 +815,8 @@ static int host_is_ip(const char *host) {
     return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
-static DWORD tls_handshake(request *r, conn *k, const char *host) {
+/* The handshake, presenting the client certificate with `key` (NULL = no client certificate). */
+static DWORD tls_handshake_with(request *r, conn *k, const char *host, const fake_cert_key *key) {
     k->ctx = SSL_CTX_new(TLS_client_method());
     if (k->ctx == NULL) return ERROR_WINHTTP_INTERNAL_ERROR;
     SSL_CTX_set_min_proto_version(k->ctx, TLS1_2_VERSION);
@@ -828,9 +832,8 @@ static DWORD tls_handshake(request *r, conn *k, const char *host) {
     if (!host_is_ip(host)) SSL_set_tlsext_host_name(k->ssl, host);
     SSL_set1_host(k->ssl, host);
 
-    if (r->client_cert) {
-        NCRYPT_KEY_HANDLE key = 0;
-        EVP_PKEY *pkey = fakewin_cert_key(r->client_cert, &key) == 0 ? fakewin_ncrypt_pkey(key) : NULL;
+    if (key != NULL) {
+        EVP_PKEY *pkey = fakewin_ncrypt_pkey(key->key);
         if (pkey == NULL) return ERROR_WINHTTP_CLIENT_CERT_NO_PRIVATE_KEY;
         const unsigned char *p = r->client_cert->pbCertEncoded;
         X509 *x = d2i_X509(NULL, &p, r->client_cert->cbCertEncoded);
@@ -843,7 +846,8 @@ static DWORD tls_handshake(request *r, conn *k, const char *host) {
         if (k->client_der == NULL) return ERROR_NOT_ENOUGH_MEMORY;
         memcpy(k->client_der, r->client_cert->pbCertEncoded, r->client_cert->cbCertEncoded);
         k->client_der_len = r->client_cert->cbCertEncoded;
-        k->client_key = key;
+        k->client_key_id = fakewin_cert_key_identity(r->client_cert);
+        if (k->client_key_id == NULL) return ERROR_NOT_ENOUGH_MEMORY;
     }
 
     ERR_clear_error();
@@ -885,12 +889,23 @@ static DWORD tls_handshake(request *r, conn *k, const char *host) {
     return 0;
 }
 
-static int conn_matches(const conn *k, const request *r) {
+/* Schannel finds the key the way CryptAcquireCertificatePrivateKey does: property 78's handle, else the
+ * key named by property 2, opened for this handshake only (the TLS session keeps what it needs). */
+static DWORD tls_handshake(request *r, conn *k, const char *host) {
+    if (r->client_cert == NULL) return tls_handshake_with(r, k, host, NULL);
+    fake_cert_key key;
+    if (fakewin_cert_acquire_key(r->client_cert, &key) != 0) return ERROR_WINHTTP_CLIENT_CERT_NO_PRIVATE_KEY;
+    DWORD err = tls_handshake_with(r, k, host, &key);
+    fakewin_cert_release_key(&key);
+    return err;
+}
+
+/* `key_id`: fakewin_cert_key_identity of the request's certificate context (NULL without one). */
+static int conn_matches(const conn *k, const request *r, const char *key_id) {
     if (k->sec_flags != r->sec_flags) return 0;
     const CERT_CONTEXT *cc = r->client_cert;
     if (cc == NULL) return k->client_der == NULL;
-    NCRYPT_KEY_HANDLE key = 0;
-    if (fakewin_cert_key(cc, &key) != 0 || key != k->client_key) return 0;
+    if (key_id == NULL || k->client_key_id == NULL || strcmp(key_id, k->client_key_id) != 0) return 0;
     return k->client_der_len == cc->cbCertEncoded && memcmp(k->client_der, cc->pbCertEncoded, cc->cbCertEncoded) == 0;
 }
 
@@ -902,11 +917,12 @@ static unsigned effective_port(const request *r) {
 /* Take a pooled connection made with the same identity, or open a new one. */
 static DWORD request_connect(request *r) {
     connect_h *c = r->c;
+    char *key_id = r->client_cert ? fakewin_cert_key_identity(r->client_cert) : NULL;
     for (;;) {
         pthread_mutex_lock(&g_lock);
         conn **pp = &c->idle, *k = NULL;
         for (; *pp; pp = &(*pp)->next) {
-            if (conn_matches(*pp, r)) {
+            if (conn_matches(*pp, r, key_id)) {
                 k = *pp;
                 *pp = k->next;
                 k->next = NULL;
@@ -918,10 +934,12 @@ static DWORD request_connect(request *r) {
         if (conn_alive(k)) {
             set_io_timeouts(k->fd, &r->to);
             r->k = k;
+            free(key_id);
             return 0;
         }
         conn_free(k);
     }
+    free(key_id);
 
     conn *k = calloc(1, sizeof *k);
     if (k == NULL) return ERROR_NOT_ENOUGH_MEMORY;
