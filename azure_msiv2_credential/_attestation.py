@@ -17,6 +17,8 @@ from ._errors import ErrorCode, MsiV2Error
 from ._native import NativeLibraries, NativeLibraryError
 from ._native._loader import ATTESTATION_DLL, ATTESTATION_ENV, package_attestation_path
 from ._native.attestation import AttestationCallError, attest_keyguard_key
+from ._singleflight import SingleFlight
+from .keys import BindingKey
 from .keys.keyguard import KeyGuardKey
 
 #: Reuse a token only while more than this remains before its ``exp`` (PROTOCOL.md §4, the reference's
@@ -27,7 +29,7 @@ ATTESTATION_REFRESH_MARGIN_S = 300.0
 class Attestor(Protocol):
     """Turns a KeyGuard key into an attestation JWT; raises ``MsiV2Error`` on failure."""
 
-    def attest(self, endpoint: str, key: KeyGuardKey, client_id: str) -> str: ...
+    def attest(self, endpoint: str, key: BindingKey, client_id: str) -> str: ...
 
 
 class NativeAttestor:
@@ -36,7 +38,11 @@ class NativeAttestor:
     def __init__(self, libraries: Optional[NativeLibraries] = None) -> None:
         self._libraries = libraries
 
-    def attest(self, endpoint: str, key: KeyGuardKey, client_id: str) -> str:
+    def attest(self, endpoint: str, key: BindingKey, client_id: str) -> str:
+        if not isinstance(key, KeyGuardKey):
+            raise MsiV2Error(
+                f"attestation needs a KeyGuard key, not a {key.strength} key", error_code=ErrorCode.KEYGUARD_UNAVAILABLE
+            )
         path = (self._libraries or key.libraries).attestation
         if not path:
             raise _library_missing(f"{ATTESTATION_DLL} is not configured")
@@ -74,15 +80,6 @@ def jwt_expiry(token: str) -> Optional[float]:
     return float(exp)
 
 
-class _Flight:
-    """One in-progress attestation that concurrent callers wait on."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.token: Optional[str] = None
-        self.error: Optional[BaseException] = None
-
-
 class AttestationCache:
     """Reuses tokens per (endpoint, key, client id) while more than ``ATTESTATION_REFRESH_MARGIN_S`` remain.
 
@@ -96,40 +93,28 @@ class AttestationCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self._flights: dict[tuple[str, str, str], _Flight] = {}
+        self._flights = SingleFlight()
 
-    def attest(self, endpoint: str, key: KeyGuardKey, client_id: str) -> str:
+    def attest(self, endpoint: str, key: BindingKey, client_id: str) -> str:
         entry = (endpoint, key.key_id, client_id)
+        return self._cached(entry) or self._flights.do(entry, lambda: self._attest(entry, endpoint, key, client_id))
+
+    def _cached(self, entry: tuple[str, str, str]) -> Optional[str]:
         with self._lock:
             cached = self._tokens.get(entry)
-            if cached is not None and cached[1] - self._clock() > ATTESTATION_REFRESH_MARGIN_S:
-                return cached[0]
-            flight = self._flights.get(entry)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[entry] = _Flight()
-        if not leader:
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            assert flight.token is not None
-            return flight.token
-        try:
-            token = self._attestor.attest(endpoint, key, client_id)
-            flight.token = token
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._lock:
-                del self._flights[entry]
-                if flight.token is not None:
-                    exp = jwt_expiry(flight.token)
-                    if exp is not None:
-                        self._tokens[entry] = (flight.token, exp)
-                    else:
-                        self._tokens.pop(entry, None)
-            flight.done.set()
+        if cached is not None and cached[1] - self._clock() > ATTESTATION_REFRESH_MARGIN_S:
+            return cached[0]
+        return None
+
+    def _attest(self, entry: tuple[str, str, str], endpoint: str, key: BindingKey, client_id: str) -> str:
+        # A caller that missed just as the previous flight landed finds its token here: no second native call.
+        token = self._cached(entry) or self._attestor.attest(endpoint, key, client_id)
+        exp = jwt_expiry(token)
+        with self._lock:
+            if exp is not None:
+                self._tokens[entry] = (token, exp)
+            else:
+                self._tokens.pop(entry, None)
         return token
 
     def clear(self) -> None:

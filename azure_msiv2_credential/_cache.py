@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from ._binding import Binding
+from ._errors import MsiV2Error
 from ._flow import TokenResult
 from ._lifetimes import REFRESH_RETRY_INTERVAL, TOKEN_EXPIRY_SKEW
 from ._registry import BindingRegistry
@@ -39,10 +40,6 @@ class TokenEntry:
         )
         self.access_token = AccessToken(result.access_token, int(result.expires_on))
 
-    @property
-    def thumbprint(self) -> str:
-        return self.binding.thumbprint
-
     def __repr__(self) -> str:
         return f"TokenEntry(expires_on={self.expires_on}, refresh_on={self.refresh_on}, binding={self.binding!r})"
 
@@ -59,6 +56,8 @@ class CredentialCache:
         self._by_resource: dict[str, TokenEntry] = {}
         self._scopes: dict[str, set[str]] = {}  # resource -> scope strings that resolved to it
         self._binding: Optional[Binding] = None
+        self._next_mint = 0.0  # after a failed rotation: no new mint before this time
+        self._closed = False
 
     # --- tokens -----------------------------------------------------------------------------------------
     def token(self, resource: str) -> Optional[TokenEntry]:
@@ -83,13 +82,26 @@ class CredentialCache:
             # Due already: issued over a certificate past its rotation because re-minting failed. Without
             # this, every call would retry the failing mint (and fetch yet another token) at once.
             entry.next_attempt = now + REFRESH_RETRY_INTERVAL
-        self._registry.register(result.access_token, result.binding, result.expires_on)
         with self._lock:
+            self._check_open_locked()
+            self._prune_locked(now)
             self._by_resource[resource] = entry
             self._index_locked(scope, resource)
             for indexed_scope in self._scopes[resource]:
                 self.by_scope[indexed_scope] = entry
+        self._registry.register(result.access_token, result.binding, result.expires_on)
         return entry
+
+    def _prune_locked(self, now: float) -> None:
+        """Forget expired tokens so a long-lived credential's cache stays as small as its live resources."""
+        for resource in [r for r, e in self._by_resource.items() if e.expires_on <= now]:
+            del self._by_resource[resource]
+            for scope in self._scopes.pop(resource, ()):
+                self.by_scope.pop(scope, None)
+
+    def _check_open_locked(self) -> None:
+        if self._closed:
+            raise MsiV2Error("the credential was closed during this token acquisition")
 
     def index_scope(self, scope: str, resource: str) -> None:
         """Let later calls with this scope string find ``resource``'s entry on the fast path."""
@@ -115,18 +127,35 @@ class CredentialCache:
         return self._binding
 
     def fresh_binding(self, now: float) -> Optional[Binding]:
-        """The cached binding if it is not yet due for rotation."""
+        """The binding to use without minting: one not yet due for rotation, or one past it (but valid) while
+        a failed rotation waits ``REFRESH_RETRY_INTERVAL`` before the next try."""
         binding = self._binding
-        return binding if binding is not None and now < binding.rotate_at else None
+        if binding is None:
+            return None
+        if now < binding.rotate_at or (now < self._next_mint and self._still_valid(binding, now)):
+            return binding
+        return None
 
-    def fallback_binding(self, now: float) -> Optional[Binding]:
-        """A binding past its rotation time but still valid: used when a rotation attempt fails."""
+    def mint_failed(self, now: float) -> Optional[Binding]:
+        """A rotation failed: the still-valid binding to fall back on (retrying the mint in 30 s), or None."""
         binding = self._binding
-        return binding if binding is not None and now < binding.not_after - TOKEN_EXPIRY_SKEW else None
+        if binding is None or not self._still_valid(binding, now):
+            return None
+        self._next_mint = now + REFRESH_RETRY_INTERVAL
+        return binding
+
+    @staticmethod
+    def _still_valid(binding: Binding, now: float) -> bool:
+        return now < binding.not_after - TOKEN_EXPIRY_SKEW
 
     def store_binding(self, binding: Binding) -> None:
         with self._lock:
-            previous, self._binding = self._binding, binding
+            closed, previous = self._closed, self._binding
+            if not closed:
+                self._binding, self._next_mint = binding, 0.0
+        if closed:
+            self._registry.deactivate(binding)  # nobody will use it: let the transports retire it
+            raise MsiV2Error("the credential was closed during this token acquisition")
         self._registry.activate(binding)
         if previous is not None and previous is not binding:
             self._registry.deactivate(previous)
@@ -138,8 +167,14 @@ class CredentialCache:
             self._binding = None
         self._registry.deactivate(binding)
 
-    def clear(self) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Forget everything; later stores raise, so an acquisition racing ``close()`` cannot revive state."""
         with self._lock:
+            self._closed = True
             binding, self._binding = self._binding, None
             self.by_scope.clear()
             self._by_resource.clear()

@@ -17,6 +17,7 @@ class ErrorCode:
     ERROR = "MSI_V2_ERROR"
     # Ours: specific causes, each with one fix.
     UNAVAILABLE = "MSI_V2_UNAVAILABLE"
+    IMDS_UNREACHABLE = "MSI_V2_IMDS_UNREACHABLE"
     DISABLED = "MSI_V2_DISABLED"
     INVALID_REQUEST = "MSI_V2_INVALID_REQUEST"
     IMDS_ERROR = "MSI_V2_IMDS_ERROR"
@@ -41,12 +42,16 @@ class MsiV2Error(ClientAuthenticationError):
         *,
         error_code: str = ErrorCode.ERROR,
         correlation_id: Optional[str] = None,
+        status_code: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
-        self.error_code = error_code
-        self.correlation_id = correlation_id
         suffix = f" (correlation id {correlation_id})" if correlation_id else ""
         super().__init__(message=f"{error_code}: {message}{suffix}", **kwargs)
+        self.error_code = error_code
+        self.correlation_id = correlation_id
+        self.description = message  # without the code and correlation id
+        if status_code is not None:  # HttpResponseError takes it only from a response object
+            self.status_code = status_code
 
 
 class MsiV2UnavailableError(MsiV2Error, CredentialUnavailableError):

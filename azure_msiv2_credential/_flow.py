@@ -8,7 +8,7 @@ async credential share every step and rule and differ only in how they wait.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Optional, Union
@@ -19,26 +19,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from . import _imds
+from ._attestation import Attestor
 from ._binding import Binding, x5t_s256
 from ._csr import build_csr
 from ._errors import ErrorCode, MsiV2Error, MsiV2UnavailableError
-from ._lifetimes import certificate_rotation_time, token_refresh_time
-from ._token_leg import CertificateRejected, is_tls_failure, parse_token_response, token_endpoint, token_request
+from ._lifetimes import CERT_NOT_BEFORE_SKEW, TOKEN_LEG_5XX_RETRIES, certificate_rotation_time, token_refresh_time
+from ._token_leg import CertificateRejected, parse_token_response, tls_failure, token_endpoint, token_request
 from .keys import STRENGTH_ORDER, BindingKey, BindingStrength, KeyProvider
 
 _LOGGER = logging.getLogger(__name__)
-
-#: Tolerated clock skew between this host and IMDS when checking a fresh certificate's notBefore.
-CERT_NOT_BEFORE_SKEW = 300.0
 
 
 # --- Effects: what the flow asks its driver for -----------------------------------------------------------
 @dataclass(frozen=True)
 class SendImds:
-    """Send a plain-HTTP IMDS request; ``metadata`` marks getplatformmetadata (may be the chain probe)."""
+    """Send a plain-HTTP IMDS request with these transport options (timeouts, the chain probe)."""
 
     request: HttpRequest
-    metadata: bool = False
+    options: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -57,21 +55,18 @@ class Blocking:
 
 
 @dataclass(frozen=True)
-class NeedBinding:
-    """The current binding, minted if needed (single-flight); ``rejected`` is one the token service refused."""
+class Shared:
+    """Run ``flow()`` once for all concurrent callers with the same ``key`` (single-flight); they share its
+    result or its error, and a failure is not remembered."""
 
-    rejected: Optional[Binding] = None
+    key: Hashable
+    flow: Callable[[], Flow]
 
 
-Effect = Union[SendImds, SendToken, Blocking, NeedBinding]
+Effect = Union[SendImds, SendToken, Blocking, Shared]
 Flow = Generator[Effect, Any, Any]
-
-
-class Attestor:
-    """What the flow needs from attestation (``_attestation.AttestationCache`` implements it)."""
-
-    def attest(self, endpoint: str, key: Any, client_id: str) -> str:  # pragma: no cover - protocol
-        raise NotImplementedError
+#: Gives the binding to use: the cached one or a new one; the argument is one the token service rejected.
+BindingSource = Callable[[Optional[Binding]], Flow]
 
 
 @dataclass(frozen=True)
@@ -99,17 +94,22 @@ class TokenResult:
 
 
 # --- Steps -------------------------------------------------------------------------------------------------
-def mint_binding(cfg: FlowConfig, correlation_id: str) -> Flow:
-    """Steps 1-6: metadata, key, CSR, optional attestation, issuecredential, certificate checks."""
+def fetch_metadata(cfg: FlowConfig, correlation_id: str, probe: bool) -> Flow:
+    """Step 1: who am I. No answer, a v1-only host or a non-IMDS answer mean MSI v2 is *unavailable*."""
+    request = _imds.metadata_request(cfg.authority, cfg.selector, correlation_id)
     try:
-        response = yield SendImds(_imds.metadata_request(cfg.authority, cfg.selector, correlation_id), metadata=True)
+        response = yield SendImds(request, _imds.call_options(probe=probe))
     except AzureError as error:
         raise MsiV2UnavailableError(
             f"IMDS did not answer at {cfg.authority} ({type(error).__name__}); MSI v2 is not available here",
+            error_code=ErrorCode.IMDS_UNREACHABLE,
             correlation_id=correlation_id,
         ) from None
-    metadata = _imds.parse_metadata(response, correlation_id)
+    return _imds.parse_metadata(response, correlation_id)
 
+
+def issue_binding(cfg: FlowConfig, metadata: _imds.PlatformMetadata, correlation_id: str) -> Flow:
+    """Steps 2-6: key, CSR, optional attestation, issuecredential, certificate checks."""
     key: BindingKey = yield Blocking(cfg.key_provider.get_key)
     _check_strength(key, cfg, correlation_id)
     csr = yield Blocking(
@@ -125,7 +125,7 @@ def mint_binding(cfg: FlowConfig, correlation_id: str) -> Flow:
             )
     request = _imds.issue_credential_request(cfg.authority, cfg.selector, correlation_id, csr, attestation)
     try:
-        response = yield SendImds(request)
+        response = yield SendImds(request, _imds.call_options(probe=False))
     except AzureError as error:
         raise MsiV2Error(
             f"issuecredential request failed: {type(error).__name__}: {error.message}",
@@ -192,9 +192,11 @@ def make_binding(
     )
 
 
-def acquire_token(cfg: FlowConfig, resource: str, claims: Optional[str], correlation_id: str) -> Flow:
+def acquire_token(
+    cfg: FlowConfig, resource: str, claims: Optional[str], correlation_id: str, bindings: BindingSource
+) -> Flow:
     """Step 7, with the certificate-rejected rule: drop the binding, mint a new one, retry **once** (§6)."""
-    binding: Binding = yield NeedBinding()
+    binding: Binding = yield from bindings(None)
     try:
         return (yield from _token_leg(cfg, binding, resource, claims, correlation_id))
     except CertificateRejected:
@@ -203,12 +205,8 @@ def acquire_token(cfg: FlowConfig, resource: str, claims: Optional[str], correla
             binding.thumbprint,
             correlation_id,
         )
-    binding = yield NeedBinding(rejected=binding)
+    binding = yield from bindings(binding)
     return (yield from _token_leg(cfg, binding, resource, claims, correlation_id))
-
-
-#: The token leg retries once on 5xx (PROTOCOL.md §8).
-TOKEN_LEG_5XX_RETRIES = 1
 
 
 def _token_leg(cfg: FlowConfig, binding: Binding, resource: str, claims: Optional[str], correlation_id: str) -> Flow:
@@ -216,9 +214,17 @@ def _token_leg(cfg: FlowConfig, binding: Binding, resource: str, claims: Optiona
         try:
             response = yield SendToken(token_request(binding, resource, claims, correlation_id), binding)
         except AzureError as error:
-            if is_tls_failure(error):
+            failure = tls_failure(error)
+            if failure is not None and failure.server_unverified:
+                raise MsiV2Error(
+                    f"the token service's TLS certificate did not verify ({failure.reason}); if a private CA "
+                    "issues it (e.g. the emulator's), pass that CA bundle as connection_verify",
+                    error_code=ErrorCode.TOKEN_REQUEST_FAILED,
+                    correlation_id=correlation_id,
+                ) from None
+            if failure is not None:
                 raise CertificateRejected(
-                    f"TLS with the token service failed ({type(error).__name__})", correlation_id=correlation_id
+                    f"TLS with the token service failed: {failure.reason}", correlation_id=correlation_id
                 ) from None
             raise MsiV2Error(
                 f"token request to {binding.token_endpoint} failed: {type(error).__name__}: {error.message}",

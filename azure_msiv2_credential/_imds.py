@@ -5,15 +5,16 @@ Pure functions plus two thin retry policies; the I/O itself happens in the sync/
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import os
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 from urllib.parse import urlencode, urlsplit
 
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -21,6 +22,7 @@ from azure.core.pipeline.policies import AsyncHTTPPolicy, HTTPPolicy
 from azure.core.rest import HttpRequest
 
 from ._errors import ErrorCode, MsiV2Error, MsiV2UnavailableError
+from ._lifetimes import IMDS_CONNECT_TIMEOUT, IMDS_PROBE_TIMEOUT, IMDS_READ_TIMEOUT
 
 IMDS_DEFAULT_AUTHORITY = "http://169.254.169.254"
 AUTHORITY_ENV = "AZURE_POD_IDENTITY_AUTHORITY_HOST"
@@ -42,9 +44,6 @@ GONE_MAX_INTERVAL = 10.0
 #: Retry-After is honoured up to this many seconds; beyond it we would rather fail than hang.
 RETRY_AFTER_CAP = 30.0
 
-#: Context option that turns retries off (the first contact inside a ChainedTokenCredential).
-NO_RETRY_OPTION = "msiv2_no_retry"
-
 
 def retry_delay(status: int, attempt: int, elapsed: float, retry_after: Optional[float]) -> Optional[float]:
     """Seconds to wait before retry number ``attempt`` (1-based), or ``None`` to stop retrying."""
@@ -62,6 +61,19 @@ def retry_delay(status: int, attempt: int, elapsed: float, retry_after: Optional
     return delay
 
 
+#: Context option marking the chain probe: the first IMDS contact inside a ChainedTokenCredential. A probe
+#: that finds no IMDS (404, or an answer without the IMDS ``Server`` header) gives up at once; one that
+#: reaches IMDS retries by the rule above, with the normal timeouts.
+PROBE_OPTION = "msiv2_imds_probe"
+
+
+def call_options(*, probe: bool) -> dict[str, Any]:
+    """Transport options for one IMDS call (timeouts from ``_lifetimes``)."""
+    if probe:
+        return {"connection_timeout": IMDS_PROBE_TIMEOUT, "read_timeout": IMDS_PROBE_TIMEOUT, PROBE_OPTION: True}
+    return {"connection_timeout": IMDS_CONNECT_TIMEOUT, "read_timeout": IMDS_READ_TIMEOUT}
+
+
 def _retry_after(headers: Mapping[str, str]) -> Optional[float]:
     value = headers.get("Retry-After")
     try:
@@ -70,25 +82,40 @@ def _retry_after(headers: Mapping[str, str]) -> Optional[float]:
         return None
 
 
+class _RetryState:
+    """The retry decision for one request, shared by the sync and async policies (they differ in waiting)."""
+
+    def __init__(self, request: PipelineRequest[Any], clock: Callable[[], float]) -> None:
+        self._options = request.context.options
+        self._probe = bool(self._options.pop(PROBE_OPTION, False))
+        self._clock = clock
+        self._start = clock()
+        self._attempt = 0
+
+    def delay(self, response: PipelineResponse[Any, Any]) -> Optional[float]:
+        """Seconds to wait before sending again, or ``None`` to return ``response``."""
+        self._attempt += 1
+        http = response.http_response
+        if self._probe:
+            if http.status_code == 404 or "imds" not in (http.headers.get("Server") or "").lower():
+                return None
+            self._probe = False  # IMDS is there: retry as usual, with the usual patience
+            self._options.update(call_options(probe=False))
+        return retry_delay(http.status_code, self._attempt, self._clock() - self._start, _retry_after(http.headers))
+
+
 class ImdsRetryPolicy(HTTPPolicy[Any, Any]):
     """Applies :func:`retry_delay` to IMDS responses; connection failures are not retried (IMDS is local)."""
 
-    def __init__(self, sleep: Any = time.sleep, clock: Any = time.monotonic) -> None:
+    def __init__(self, sleep: Callable[[float], Any] = time.sleep, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self._sleep, self._clock = sleep, clock
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        start, attempt = self._clock(), 0
-        no_retry = request.context.options.pop(NO_RETRY_OPTION, False)
+        state = _RetryState(request, self._clock)
         while True:
             response = self.next.send(request)
-            attempt += 1
-            http = response.http_response
-            delay = (
-                None
-                if no_retry
-                else retry_delay(http.status_code, attempt, self._clock() - start, _retry_after(http.headers))
-            )
+            delay = state.delay(response)
             if delay is None:
                 return response
             self._sleep(delay)
@@ -97,28 +124,20 @@ class ImdsRetryPolicy(HTTPPolicy[Any, Any]):
 class AsyncImdsRetryPolicy(AsyncHTTPPolicy[Any, Any]):
     """The async twin of :class:`ImdsRetryPolicy` (same rule, awaited sleep)."""
 
-    def __init__(self, sleep: Any = None, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, sleep: Optional[Callable[[float], Awaitable[Any]]] = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
-        self._sleep, self._clock = sleep, clock
+        self._sleep, self._clock = sleep or asyncio.sleep, clock
 
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        import asyncio
-
-        sleep = self._sleep or asyncio.sleep
-        start, attempt = self._clock(), 0
-        no_retry = request.context.options.pop(NO_RETRY_OPTION, False)
+        state = _RetryState(request, self._clock)
         while True:
             response = await self.next.send(request)
-            attempt += 1
-            http = response.http_response
-            delay = (
-                None
-                if no_retry
-                else retry_delay(http.status_code, attempt, self._clock() - start, _retry_after(http.headers))
-            )
+            delay = state.delay(response)
             if delay is None:
                 return response
-            await sleep(delay)
+            await self._sleep(delay)
 
 
 # --- Identity selection (PROTOCOL.md §1) ---------------------------------------------------------------
@@ -140,6 +159,9 @@ class IdentitySelector:
 
 def identity_selector(client_id: Optional[str], identity_config: Optional[Mapping[str, str]]) -> IdentitySelector:
     """Validate azure-identity's ``client_id``/``identity_config`` convention into one selector."""
+    if identity_config is not None and not isinstance(identity_config, Mapping):
+        kind = type(identity_config).__name__
+        raise TypeError(f"identity_config must be a mapping such as {{'object_id': ...}}, not {kind}")
     chosen = {"client_id": client_id} if client_id is not None else {}
     for name, value in (identity_config or {}).items():
         if name not in ("client_id", "object_id", "resource_id"):
@@ -162,15 +184,22 @@ def identity_selector(client_id: Optional[str], identity_config: Optional[Mappin
 def imds_authority() -> str:
     """IMDS base URL: ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` (scheme, host and port only) or the link-local one."""
     raw = os.environ.get(AUTHORITY_ENV, "").strip() or IMDS_DEFAULT_AUTHORITY
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise MsiV2Error(f"{AUTHORITY_ENV}={raw!r} is not an http(s) URL", error_code=ErrorCode.INVALID_REQUEST)
-    if parts.path.strip("/") or parts.query or parts.fragment:
-        raise MsiV2Error(
-            f"{AUTHORITY_ENV}={raw!r} must hold scheme, host and port only (the path is fixed by MSI v2)",
-            error_code=ErrorCode.INVALID_REQUEST,
-        )
-    return f"{parts.scheme}://{parts.netloc}"
+
+    def invalid(reason: str) -> MsiV2Error:
+        shown = raw.split("@")[-1] if "@" in raw else raw  # never echo credentials embedded in a URL
+        return MsiV2Error(f"{AUTHORITY_ENV}={shown!r} {reason}", error_code=ErrorCode.INVALID_REQUEST)
+
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # validates the port
+    except ValueError as error:
+        raise invalid(f"is not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid("is not an http(s) URL")
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise invalid("must hold scheme, host and port only (the path is fixed by MSI v2)")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _url(authority: str, path: str, selector: IdentitySelector) -> str:
@@ -215,7 +244,7 @@ class WireResponse:
 
     status: int
     headers: Mapping[str, str]
-    body: bytes
+    body: bytes = field(repr=False)  # may hold a token, a certificate or a CSR
 
     def header(self, name: str) -> Optional[str]:
         return self.headers.get(name)
@@ -233,7 +262,7 @@ class PlatformMetadata:
 class IssuedCredential:
     client_id: str
     tenant_id: str
-    certificate_der: bytes
+    certificate_der: bytes = field(repr=False)
     identity_type: str
     mtls_authentication_endpoint: str
 
@@ -305,6 +334,12 @@ def parse_metadata(response: WireResponse, correlation_id: str) -> PlatformMetad
     what = "getplatformmetadata"
     client_id = _required_str(payload, "clientId", what, correlation_id)
     tenant_id = _required_str(payload, "tenantId", what, correlation_id)
+    if not tenant_id.isascii() or any(c.isspace() for c in tenant_id):
+        raise MsiV2Error(  # it becomes an IA5String in the CSR and a path segment of the token URL
+            "IMDS tenantId is not a printable ASCII identifier",
+            error_code=ErrorCode.IMDS_RESPONSE_INVALID,
+            correlation_id=correlation_id,
+        )
     attestation_endpoint = _required_str(payload, "attestationEndpoint", what, correlation_id)
     cu_raw = payload.get("cuId")
     cu_id = {
@@ -359,7 +394,7 @@ def parse_issued_credential(response: WireResponse, correlation_id: str) -> Issu
         for name in ("client_id", "tenant_id", "certificate", "identity_type", "mtls_authentication_endpoint")
     }
     try:
-        der = base64.b64decode(fields["certificate"], validate=True)
+        der = base64.b64decode("".join(fields["certificate"].split()), validate=True)
     except (binascii.Error, ValueError):
         raise MsiV2Error(
             "issuecredential 'certificate' is not base64",

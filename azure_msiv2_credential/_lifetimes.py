@@ -1,4 +1,7 @@
-"""Every MSI v2 timing rule, each defined once next to its reason (PROTOCOL.md §8, the issue texts)."""
+"""Every MSI v2 timing rule and timeout, each defined once next to its reason (PROTOCOL.md §8, DESIGN.md §3).
+
+(The IMDS retry schedule lives with the retry rule in ``_imds.py``.)
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,38 @@ from typing import Optional
 #: The reference reuses a certificate only while more than 24 h remain (PROTOCOL.md §8).
 CERT_REUSE_MARGIN = 24 * 3600.0
 
+#: Tolerated clock skew between this host and IMDS when checking a fresh certificate's notBefore.
+CERT_NOT_BEFORE_SKEW = 300.0
+
 #: Tokens living at least this long refresh at half-life, as MSAL does; shorter ones refresh
 #: ``TOKEN_REFRESH_OFFSET`` before expiry, as azure-identity does.
 HALF_LIFE_MIN_TOKEN_LIFETIME = 2 * 3600.0
 TOKEN_REFRESH_OFFSET = 300.0
 
-#: After ``refresh_on`` a failing refresh is retried at most this often; meanwhile the cached token is served.
+#: After ``refresh_on`` a failing refresh (or certificate rotation) is retried at most this often; meanwhile
+#: the cached token (or the still-valid certificate) is served.
 REFRESH_RETRY_INTERVAL = 30.0
 
-#: A token is not handed out when it expires sooner than this: a caller needs time to use it.
+#: A token is not handed out when it expires sooner than this: a caller needs time to use it. The token
+#: service must therefore grant more than this, or every call would fetch again.
 TOKEN_EXPIRY_SKEW = 30.0
+
+#: "MSI v2 cannot run here" (no IMDS, a v1-only host) is remembered this long, so a credential in a chain on
+#: such a host costs one probe per interval instead of one (with retries) per call.
+UNAVAILABLE_RECHECK_INTERVAL = 300.0
+
+#: IMDS is link-local: it answers in milliseconds or not at all. Inside a ChainedTokenCredential the first
+#: contact is a probe with a short timeout, as azure-identity does, so the chain moves on quickly.
+IMDS_CONNECT_TIMEOUT = 2.0
+IMDS_READ_TIMEOUT = 20.0
+IMDS_PROBE_TIMEOUT = 1.0
+
+#: The token leg crosses the network to Entra ID: generous, but never azure-core's 300 s default.
+TOKEN_LEG_CONNECT_TIMEOUT = 10.0
+TOKEN_LEG_READ_TIMEOUT = 30.0
+
+#: The token leg retries once on 5xx (PROTOCOL.md §8).
+TOKEN_LEG_5XX_RETRIES = 1
 
 
 def certificate_rotation_time(not_before: float, not_after: float) -> float:

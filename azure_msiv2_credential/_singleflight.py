@@ -10,18 +10,20 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Hashable
 from functools import partial
+from types import TracebackType
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
 
 
 class _Call(Generic[T]):
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "traceback", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: Optional[T] = None
         self.error: Optional[BaseException] = None
+        self.traceback: Optional[TracebackType] = None
 
 
 class SingleFlight:
@@ -40,13 +42,15 @@ class SingleFlight:
         if not leader:
             call.done.wait()
             if call.error is not None:
-                raise call.error
+                # Each waiter re-raises from the leader's traceback, so the shared object's traceback does
+                # not grow with every waiter (as asyncio.Future does).
+                raise call.error.with_traceback(call.traceback)
             return call.value  # type: ignore[return-value]
         try:
             call.value = fn()
             return call.value
         except BaseException as error:
-            call.error = error
+            call.error, call.traceback = error, error.__traceback__
             raise
         finally:
             with self._lock:

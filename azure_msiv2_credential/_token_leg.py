@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from azure.core.rest import HttpRequest
 
 from ._binding import Binding
 from ._errors import ErrorCode, MsiV2Error
 from ._imds import WireResponse
+from ._lifetimes import TOKEN_EXPIRY_SKEW
 
 #: AAD answers these when it does not accept the certificate: re-mint and retry once (§6).
 _CERTIFICATE_REJECTED = frozenset({"invalid_client"})
@@ -28,7 +30,8 @@ class CertificateRejected(MsiV2Error):
 
 
 def token_endpoint(mtls_authentication_endpoint: str, tenant_id: str) -> str:
-    return f"{mtls_authentication_endpoint.rstrip('/')}/{tenant_id}/oauth2/v2.0/token"
+    """PROTOCOL.md §6; the tenant id comes from IMDS and is quoted so it can only ever be one path segment."""
+    return f"{mtls_authentication_endpoint.rstrip('/')}/{quote(tenant_id, safe='')}/oauth2/v2.0/token"
 
 
 def token_request(binding: Binding, resource: str, claims: Optional[str], correlation_id: str) -> HttpRequest:
@@ -64,16 +67,14 @@ class TokenResponse:
 
 
 def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool):
+    """A finite number from a JSON number or numeric string; ``None`` for anything else (bool, NaN, 1e400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse_token_response(response: WireResponse, binding: Binding, correlation_id: str) -> TokenResponse:
@@ -118,9 +119,9 @@ def parse_token_response(response: WireResponse, binding: Binding, correlation_i
             error_code=ErrorCode.TOKEN_RESPONSE_INVALID,
             correlation_id=correlation_id,
         )
-    if expires_in is None or expires_in <= 0:
+    if expires_in is None or expires_in <= TOKEN_EXPIRY_SKEW:
         raise MsiV2Error(
-            "the token response has no positive numeric expires_in",
+            f"the token response has no numeric expires_in above {TOKEN_EXPIRY_SKEW:.0f} s",
             error_code=ErrorCode.TOKEN_RESPONSE_INVALID,
             correlation_id=correlation_id,
         )
@@ -168,11 +169,31 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
 
 
-def is_tls_failure(error: BaseException) -> bool:
-    """True when a transport error was a TLS failure (the certificate may no longer be accepted, §6)."""
-    for cause in _causes(error):
-        if isinstance(cause, ssl.SSLError) or getattr(cause, "is_tls_failure", False):
-            return True
-        if type(cause).__name__ in ("ClientSSLError", "ClientConnectorSSLError", "SSLError"):
-            return True
-    return False
+@dataclass(frozen=True)
+class TlsFailure:
+    """A token-leg TLS failure: ``server_unverified`` when *their* certificate did not verify (a trust
+    problem to report, e.g. ``connection_verify``), else possibly *ours* refused (re-mint once, §6)."""
+
+    server_unverified: bool
+    reason: str
+
+
+def tls_failure(error: BaseException) -> Optional[TlsFailure]:
+    """Classify a transport error from the token leg; ``None`` when it was not a TLS failure."""
+    causes = list(_causes(error))
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError) or type(cause).__name__ in (
+            "ClientConnectorCertificateError",  # aiohttp
+            "ServerCertificateError",  # our WinHTTP client
+        ):
+            detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+            return TlsFailure(server_unverified=True, reason=str(detail))
+    for cause in causes:
+        winhttp_secure_failure = getattr(cause, "is_secure_failure", None)  # our WinHTTP client's errors
+        if (
+            isinstance(cause, ssl.SSLError)
+            or (callable(winhttp_secure_failure) and winhttp_secure_failure())
+            or type(cause).__name__ in ("ClientSSLError", "ClientConnectorSSLError")  # aiohttp
+        ):
+            return TlsFailure(server_unverified=False, reason=str(getattr(cause, "reason", None) or cause))
+    return None

@@ -198,13 +198,26 @@ def test_outside_a_chain_imds_errors_are_retried(emulator: Emulator, make: Facto
     assert 0.5 <= slept[0] <= 1.5  # the first backoff step is about 1 s
 
 
-def test_inside_a_chain_the_probe_is_not_retried(emulator: Emulator, make: Factory, method: str) -> None:
+def test_inside_a_chain_a_probe_that_reaches_imds_retries(emulator: Emulator, make: Factory, method: str) -> None:
+    # A transient 500 from IMDS itself is retried by the usual rule: one blip must not stop the chain.
     slept: list[float] = []
     emulator.inject("getplatformmetadata", "status", status=500)
-    with pytest.raises(ClientAuthenticationError) as caught:
-        acquire(ChainedTokenCredential(make(_sleep=slept.append), StaticCredential()), method, SCOPE)
-    assert ErrorCode.IMDS_ERROR in caught.value.message  # IMDS answered: a failure, not "unavailable"
+    token = acquire(ChainedTokenCredential(make(_sleep=slept.append), StaticCredential()), method, SCOPE)
+    assert token.token != StaticCredential.TOKEN
+    assert len(slept) == 1
+    assert calls(emulator)["getplatformmetadata"] == 2
+
+
+def test_inside_a_chain_a_v1_only_probe_is_not_retried(emulator: Emulator, make: Factory, method: str) -> None:
+    slept: list[float] = []
+    emulator.v1_only = True
+    cred = make(_sleep=slept.append)
+    token = acquire(ChainedTokenCredential(cred, StaticCredential()), method, SCOPE)
+    assert token.token == StaticCredential.TOKEN
     assert slept == []
+    assert calls(emulator) == {"getplatformmetadata": 1}
+    # The verdict is remembered: the next call moves on without asking IMDS again.
+    acquire(ChainedTokenCredential(cred, StaticCredential()), method, SCOPE)
     assert calls(emulator) == {"getplatformmetadata": 1}
 
 

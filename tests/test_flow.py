@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import pytest
@@ -160,9 +161,66 @@ def test_connection_verify_false_is_refused(emulator: Emulator) -> None:
         sync_credential(emulator, connection_verify=False)
 
 
-def test_untrusted_token_service_fails_without_bearer_fallback(emulator: Emulator) -> None:
-    # Default trust store does not know the emulator's private CA: the TLS failure is reported, not bypassed.
+def test_untrusted_token_service_is_reported_not_reminted(emulator: Emulator) -> None:
+    # The default trust store does not know the emulator's private CA: the server-certificate failure is
+    # named (with the fix) and is not mistaken for our certificate being refused, so nothing is re-minted.
     with sync_credential(emulator, connection_verify=True) as credential, pytest.raises(MsiV2Error) as info:
         credential.get_token_info(_scope(emulator))
     assert info.value.error_code == ErrorCode.TOKEN_REQUEST_FAILED
-    assert emulator.calls["token"] == 0
+    assert "did not verify" in str(info.value) and "connection_verify" in str(info.value)
+    assert emulator.calls["issuecredential"] == 1 and emulator.calls["token"] == 0
+
+
+def test_token_leg_has_its_own_timeout(emulator: Emulator) -> None:
+    emulator.inject("token", "delay", seconds=5)
+    started = time.monotonic()
+    with sync_credential(emulator, read_timeout=0.5) as credential, pytest.raises(MsiV2Error) as info:
+        credential.get_token_info(_scope(emulator))
+    assert info.value.error_code == ErrorCode.TOKEN_REQUEST_FAILED
+    assert time.monotonic() - started < 4
+
+
+def test_imds_never_goes_through_a_proxy(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    with sync_credential(emulator) as credential:
+        assert credential.get_token_info(_scope(emulator)).token_type == "mtls_pop"
+
+
+def test_v1_only_verdict_is_remembered(emulator: Emulator) -> None:
+    emulator.v1_only = True
+    with sync_credential(emulator) as credential:
+        for _ in range(2):
+            with pytest.raises(MsiV2UnavailableError):
+                credential.get_token_info(_scope(emulator))
+    assert emulator.calls["getplatformmetadata"] == 4  # one call with its 3 retries, then remembered
+
+
+def test_closed_credential_says_so(emulator: Emulator) -> None:
+    credential = sync_credential(emulator)
+    credential.close()
+    with pytest.raises(MsiV2Error, match="closed"):
+        credential.get_token_info(_scope(emulator))
+    assert sum(emulator.calls.values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"identity_config": "object_id=x"}, TypeError),
+        ({"key_provider": "software"}, TypeError),
+        ({"mtls_proof_of_possession": "false"}, TypeError),
+        ({"minimum_binding_strength": "hardware"}, ValueError),
+    ],
+)
+def test_bad_options_fail_in_the_constructor(emulator: Emulator, options: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        sync_credential(emulator, **options)
+
+
+def test_bad_scope_types_are_value_errors(emulator: Emulator) -> None:
+    with sync_credential(emulator) as credential:
+        for scopes in ((["https://vault.azure.net"],), (), ("a", "b"), ("",), ("https://x/.default/.default",)):
+            with pytest.raises(ValueError):
+                credential.get_token(*scopes)  # type: ignore[arg-type]
+    assert sum(emulator.calls.values()) == 0

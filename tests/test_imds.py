@@ -66,19 +66,36 @@ def test_issue_request_omits_attestation_when_absent() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("", "http://169.254.169.254"), ("http://127.0.0.1:8080/", "http://127.0.0.1:8080")],
+    [
+        ("", "http://169.254.169.254"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+        ("http://[::1]:80", "http://[::1]:80"),
+    ],
 )
 def test_authority(monkeypatch: pytest.MonkeyPatch, value: str, expected: str) -> None:
     monkeypatch.setenv(_imds.AUTHORITY_ENV, value)
     assert _imds.imds_authority() == expected
 
 
-@pytest.mark.parametrize("value", ["ftp://h", "http://h/metadata/identity", "http://h?x=1", "not a url"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://h",
+        "http://h/metadata/identity",
+        "http://h?x=1",
+        "not a url",
+        "http://[::1",
+        "http://h:99999",
+        "http://h:abc",
+        "http://user:secret@h",
+    ],
+)
 def test_authority_rejects_paths_and_schemes(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(_imds.AUTHORITY_ENV, value)
     with pytest.raises(MsiV2Error) as info:
         _imds.imds_authority()
     assert info.value.error_code == ErrorCode.INVALID_REQUEST
+    assert "secret" not in str(info.value)
 
 
 def _response(status: int, body: object, headers: dict[str, str] | None = None) -> WireResponse:
@@ -100,6 +117,7 @@ def test_parse_metadata_ok() -> None:
         (_response(200, b"<html>"), MsiV2Error, ErrorCode.IMDS_RESPONSE_INVALID),
         (_response(200, {**METADATA, "clientId": ""}), MsiV2Error, ErrorCode.IMDS_RESPONSE_INVALID),
         (_response(200, {**METADATA, "cuId": {}}), MsiV2Error, ErrorCode.IMDS_RESPONSE_INVALID),
+        (_response(200, {**METADATA, "tenantId": "tenänt"}), MsiV2Error, ErrorCode.IMDS_RESPONSE_INVALID),
         (_response(200, {**METADATA, "attestationEndpoint": "http://x"}), MsiV2Error, ErrorCode.IMDS_RESPONSE_INVALID),
     ],
 )
@@ -176,11 +194,17 @@ def test_retry_policy_on_a_real_pipeline(emulator) -> None:  # type: ignore[no-u
         response = pipeline.run(request).http_response
         assert response.status_code == 200
         assert len(slept) == 2 and emulator.calls["getplatformmetadata"] == 3
+        # The chain probe: no IMDS (404, or no IMDS Server header) gives up at once ...
+        for fault, params in (("status", {"status": 404}), ("no_server_header", {})):
+            emulator.inject("getplatformmetadata", fault, count=1, **params)
+            probe = _imds.call_options(probe=True)
+            response = pipeline.run(_imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), "c"), **probe)
+            assert response.http_response.status_code in (404, 200) and len(slept) == 2
+        # ... while a probe that reaches a busy IMDS retries by the usual rule.
         emulator.inject("getplatformmetadata", "status", count=1, status=503)
-        response = pipeline.run(
-            _imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), "c"), **{_imds.NO_RETRY_OPTION: True}
-        ).http_response
-        assert response.status_code == 503 and len(slept) == 2
+        probe = _imds.call_options(probe=True)
+        response = pipeline.run(_imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), "c"), **probe)
+        assert response.http_response.status_code == 200 and len(slept) == 3
 
 
 def test_probe_request_has_no_metadata_header(emulator) -> None:  # type: ignore[no-untyped-def]

@@ -205,13 +205,26 @@ async def test_outside_a_chain_imds_errors_are_retried(emulator: Emulator, make:
     assert 0.5 <= slept.delays[0] <= 1.5  # the first backoff step is about 1 s
 
 
-async def test_inside_a_chain_the_probe_is_not_retried(emulator: Emulator, make: Factory, method: str) -> None:
+async def test_inside_a_chain_a_probe_that_reaches_imds_retries(emulator: Emulator, make: Factory, method: str) -> None:
+    # A transient 500 from IMDS itself is retried by the usual rule: one blip must not stop the chain.
     slept = RecordingSleep()
     emulator.inject("getplatformmetadata", "status", status=500)
-    with pytest.raises(ClientAuthenticationError) as caught:
-        await aacquire(ChainedTokenCredential(make(_sleep=slept), AsyncStaticCredential()), method, SCOPE)
-    assert ErrorCode.IMDS_ERROR in caught.value.message  # IMDS answered: a failure, not "unavailable"
+    token = await aacquire(ChainedTokenCredential(make(_sleep=slept), AsyncStaticCredential()), method, SCOPE)
+    assert token.token != AsyncStaticCredential.TOKEN
+    assert len(slept.delays) == 1
+    assert calls(emulator)["getplatformmetadata"] == 2
+
+
+async def test_inside_a_chain_a_v1_only_probe_is_not_retried(emulator: Emulator, make: Factory, method: str) -> None:
+    slept = RecordingSleep()
+    emulator.v1_only = True
+    cred = make(_sleep=slept)
+    token = await aacquire(ChainedTokenCredential(cred, AsyncStaticCredential()), method, SCOPE)
+    assert token.token == AsyncStaticCredential.TOKEN
     assert slept.delays == []
+    assert calls(emulator) == {"getplatformmetadata": 1}
+    # The verdict is remembered: the next call moves on without asking IMDS again.
+    await aacquire(ChainedTokenCredential(cred, AsyncStaticCredential()), method, SCOPE)
     assert calls(emulator) == {"getplatformmetadata": 1}
 
 
