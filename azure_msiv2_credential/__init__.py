@@ -3,6 +3,8 @@
 Public names only; see the README for the gating table and troubleshooting.
 """
 
+import logging
+
 from ._credential import MsiV2ManagedIdentityCredential
 from ._errors import ErrorCode, MsiV2Error, MsiV2UnavailableError
 from ._version import VERSION as __version__
@@ -20,3 +22,6 @@ __all__ = [
     "SoftwareKeyProvider",
     "__version__",
 ]
+
+# A library logs; the application decides where records go (no "last resort" printing to stderr).
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -108,6 +109,8 @@ def token_transport_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     verify = kwargs.get("connection_verify", True)
     if verify is False:
         raise ValueError("connection_verify=False is not supported: MSI v2 never switches TLS verification off")
+    if isinstance(verify, str) and not os.path.exists(verify):
+        raise ValueError(f"connection_verify names a CA bundle that does not exist: {verify!r}")
     options: dict[str, Any] = {
         "connection_verify": verify,
         "connection_timeout": TOKEN_LEG_CONNECT_TIMEOUT,

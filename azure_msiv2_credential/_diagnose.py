@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -23,12 +24,11 @@ from azure.core.rest import HttpRequest
 from . import _imds
 from ._core import KILL_SWITCH_ENV, kill_switch_set
 from ._errors import MsiV2Error, MsiV2UnavailableError
+from ._lifetimes import IMDS_PROBE_TIMEOUT
 from .keys import STRENGTH_ORDER, BindingStrength, KeyProvider
 
 #: Version of the ``--json`` document; bump on any incompatible change (README "diagnose --json").
 SCHEMA_VERSION = 1
-#: Per-request timeout of the probes: IMDS is link-local and answers in milliseconds when present.
-PROBE_TIMEOUT = 1.5
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 
@@ -86,7 +86,9 @@ class Report:
 
 def _get(pipeline: Pipeline[Any, Any], url: str, headers: Mapping[str, str]) -> Any:
     request = HttpRequest("GET", url, headers=dict(headers))
-    response = pipeline.run(request, connection_timeout=PROBE_TIMEOUT, read_timeout=PROBE_TIMEOUT).http_response
+    response = pipeline.run(
+        request, connection_timeout=IMDS_PROBE_TIMEOUT, read_timeout=IMDS_PROBE_TIMEOUT
+    ).http_response
     response.read()
     return response
 
@@ -138,14 +140,17 @@ def diagnose(
         caps.max_binding_strength = "keyguard" if caps.keyguard else "software"
     floor = minimum_binding_strength or "software"
     strong_enough = STRENGTH_ORDER.index(caps.max_binding_strength) >= STRENGTH_ORDER.index(floor)
-    checks.append(
-        Check(
-            "binding_strength",
-            PASS if strong_enough else FAIL,
-            f"strongest binding here: {caps.max_binding_strength}; the floor is {floor}",
-            None if strong_enough else "run on a Trusted Launch / Confidential VM with VBS on, or lower the floor",
+    if caps.max_binding_strength == "none":  # no MSI v2 at all: the checks above say why
+        checks.append(Check("binding_strength", SKIP, "no binding is possible without IMDS v2 (see above)"))
+    else:
+        checks.append(
+            Check(
+                "binding_strength",
+                PASS if strong_enough else FAIL,
+                f"strongest binding here: {caps.max_binding_strength}; the floor is {floor}",
+                None if strong_enough else "run on a Trusted Launch / Confidential VM with VBS on, or lower the floor",
+            )
         )
-    )
     attest_ok = not with_attestation_support or (caps.keyguard and caps.attestation_library is not None)
     report.usable = bool(
         metadata_ok and caps.imds_v2 and not caps.kill_switch and strong_enough and attest_ok and key_ok
@@ -163,7 +168,7 @@ def _probe_imds(
     except (MsiV2Error, ValueError) as error:
         checks.append(Check("configuration", FAIL, str(error), "fix the option or environment variable named"))
         return False
-    with Pipeline(transport=RequestsTransport(), policies=[]) as pipeline:
+    with Pipeline(transport=RequestsTransport(use_env_settings=False), policies=[]) as pipeline:  # IMDS: no proxy
         try:
             probe = _get(pipeline, _imds.probe_request(authority).url, {})
         except AzureError as error:
@@ -196,11 +201,12 @@ def _probe_imds(
             checks.append(Check("identity", SKIP, "no IMDS v2"))
             return False
         checks.append(Check("imds_v2", PASS, "the v2 probe answered 400 as IMDS v2 does"))
-        request = _imds.metadata_request(authority, selector, "diagnose")
+        correlation_id = str(uuid.uuid4())
+        request = _imds.metadata_request(authority, selector, correlation_id)
         try:
             response = _get(pipeline, request.url, request.headers)
             metadata = _imds.parse_metadata(
-                _imds.WireResponse(response.status_code, response.headers, response.content), "diagnose"
+                _imds.WireResponse(response.status_code, response.headers, response.content), correlation_id
             )
         except MsiV2UnavailableError as error:  # e.g. 404: the probe's 400 came from a v1-only IMDS
             caps.imds_v2 = False
@@ -226,21 +232,25 @@ def _probe_imds(
 
 def _probe_keys(checks: list[Check], caps: Capabilities, key_provider: Optional[KeyProvider], attest: bool) -> bool:
     """Whether the configured (or default) key provider can make a key; records KeyGuard availability."""
-    provider = key_provider
-    if provider is None and sys.platform == "win32":
-        from .keys.keyguard import KeyGuardKeyProvider
-
-        provider = KeyGuardKeyProvider()
-    if provider is None:
+    if key_provider is not None:
+        return _probe_provider(checks, caps, key_provider, attest)
+    if sys.platform != "win32":
         checks.append(
             Check(
                 "keyguard",
                 FAIL,
                 "KeyGuard keys need Windows and no key provider was given",
-                "on Linux pass key_provider=SoftwareKeyProvider() (software strength)",
+                "on Linux pass key_provider=SoftwareKeyProvider() (command line: --software-key)",
             )
         )
         return False
+    from .keys.keyguard import KeyGuardKeyProvider
+
+    with KeyGuardKeyProvider() as provider:  # the default provider: ours to close
+        return _probe_provider(checks, caps, provider, attest)
+
+
+def _probe_provider(checks: list[Check], caps: Capabilities, provider: KeyProvider, attest: bool) -> bool:
     if provider.strength != "keyguard":
         checks.append(
             Check("keyguard", FAIL if attest else SKIP, f"the configured key provider makes {provider.strength} keys")

@@ -12,6 +12,7 @@ without its certificate.
 from __future__ import annotations
 
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenProvider
 from azure.core.credentials_async import AsyncTokenProvider
@@ -32,9 +33,24 @@ def _registry_of(credential: object, binding_registry: Optional[BindingRegistry]
     return registry
 
 
+#: Context key remembering the host a request was first authorized for (redirects reuse the context).
+_ORIGIN = "msiv2_origin_host"
+
+
+def _left_origin(request: PipelineRequest[Any]) -> bool:
+    """True once a redirect has taken the request to another host than the one first authorized.
+
+    Tracked here, not only through azure-core's ``insecure_domain_change`` flag: older azure-core releases
+    do not set it on the sync path, and a token must never follow a cross-host redirect."""
+    host = urlsplit(request.http_request.url).netloc.lower()
+    origin = request.context.setdefault(_ORIGIN, host)
+    flagged = request.context.get("insecure_domain_change") or request.context.options.get("insecure_domain_change")
+    return bool(flagged) or origin != host
+
+
 def _bind(request: PipelineRequest[Any], registry: BindingRegistry, token_bound_auth_header: bool) -> None:
     """Turn the bearer header into mtls_pop and route the request through the token's binding."""
-    if request.context.get("insecure_domain_change", False):
+    if _left_origin(request):
         # RedirectPolicy followed a redirect to another host: neither the token nor its certificate go there
         # (SensitiveHeaderCleanupPolicy would drop the header, but a hand-built pipeline may not have it).
         request.http_request.headers.pop(AUTHORIZATION, None)
