@@ -8,7 +8,7 @@ one dict lookup and one clock read, with no parsing and no lock.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
@@ -181,3 +181,11 @@ class CredentialCache:
             self._scopes.clear()
         if binding is not None:
             self._registry.deactivate(binding)
+
+
+def lookup(index: dict[str, TokenEntry], scope: Any) -> Optional[TokenEntry]:
+    """The fast-path lookup; an unhashable "scope" (a list, say) is left to the slow path to reject."""
+    try:
+        return index.get(scope)
+    except TypeError:
+        return None

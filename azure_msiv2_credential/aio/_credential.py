@@ -11,6 +11,7 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 
 from .. import _flow
 from .._cache import TokenEntry
+from .._cache import lookup as _lookup
 from .._credential_base import CredentialBase, imds_transport_options, pipeline_policies, token_transport_options
 from .._diagnose import Capabilities, Report, diagnose
 from .._imds import AsyncImdsRetryPolicy, WireResponse
@@ -46,6 +47,7 @@ class MsiV2ManagedIdentityCredential(CredentialBase):
         self._token_pipeline: AsyncPipeline[HttpRequest, AsyncHttpResponse] = AsyncPipeline(
             transport=self._token_transport, policies=pipeline_policies(kwargs)
         )
+        self._hits = self._cache.by_scope  # the fast-path index itself: one attribute load per hit
         self._closed = False
 
     async def get_token(
@@ -62,7 +64,7 @@ class MsiV2ManagedIdentityCredential(CredentialBase):
                 *scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs
             )
         if claims is None and len(scopes) == 1:  # cache hit: one dict lookup and one clock read
-            entry = self._cache.by_scope.get(scopes[0]) if isinstance(scopes[0], str) else None
+            entry = _lookup(self._hits, scopes[0])
             if entry is not None and self._clock() < entry.refresh_on:
                 return entry.access_token
         return (await self._acquire(scopes, claims, tenant_id=tenant_id, enable_cae=enable_cae)).access_token
@@ -73,7 +75,7 @@ class MsiV2ManagedIdentityCredential(CredentialBase):
             return await self._delegate.get_token_info(*scopes, options=options)  # type: ignore[no-any-return]
         claims = options.get("claims") if options else None
         if not claims and len(scopes) == 1:  # cache hit: one dict lookup and one clock read
-            entry = self._cache.by_scope.get(scopes[0]) if isinstance(scopes[0], str) else None
+            entry = _lookup(self._hits, scopes[0])
             if entry is not None and self._clock() < entry.refresh_on:
                 return entry.info
         opts: Any = options or {}
