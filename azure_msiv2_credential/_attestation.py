@@ -47,7 +47,8 @@ class NativeAttestor:
         if not path:
             raise _library_missing(f"{ATTESTATION_DLL} is not configured")
         try:
-            return attest_keyguard_key(path, endpoint, key.native_handle, client_id)
+            with key.borrow() as handle:  # the key cannot be freed while the library uses its handle
+                return attest_keyguard_key(path, endpoint, handle, client_id)
         except NativeLibraryError as exc:
             raise _library_missing(str(exc)) from exc
         except AttestationCallError as exc:

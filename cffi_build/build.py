@@ -19,10 +19,16 @@ SHIPPED = HERE.parent / "azure_msiv2_credential" / "_native" / "_winapi.py"
 HEADERS = ("ncrypt.h", "crypt32.h", "winhttp.h", "attestation.h")
 
 
-def cdef_source() -> str:
-    """The cdef files of ``HEADERS`` that exist, concatenated in order."""
-    parts = [(HERE / name).read_text(encoding="utf-8") for name in HEADERS if (HERE / name).is_file()]
-    return "\n".join(parts)
+def cdef_source(folder: pathlib.Path = HERE) -> str:
+    """The cdef files of ``HEADERS`` in ``folder``, concatenated in order.
+
+    Every listed header must be there: a missing one would silently drop a DLL's declarations from the
+    generated module (and its functions would fail only when first called).
+    """
+    missing = [name for name in HEADERS if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"cdef header(s) missing from {folder}: {', '.join(missing)}")
+    return "\n".join((folder / name).read_text(encoding="utf-8") for name in HEADERS)
 
 
 ffibuilder = FFI()

@@ -1,7 +1,7 @@
 /* crypt32.dll (wincrypt.h): the certificate context WinHTTP presents as the TLS client certificate,
- * with the KeyGuard key attached twice: by handle (CERT_NCRYPT_KEY_HANDLE_PROP_ID) and by name
- * (CERT_KEY_PROV_INFO_PROP_ID, a CRYPT_KEY_PROV_INFO); and the server's certificate context that
- * WinHTTP hands back, walked through its store to get the chain the server sent.
+ * with the KeyGuard key attached by name only (CERT_KEY_PROV_INFO_PROP_ID, a CRYPT_KEY_PROV_INFO; never
+ * CERT_NCRYPT_KEY_HANDLE_PROP_ID, which would take ownership of the handle); and the server's certificate
+ * context that WinHTTP hands back, walked through its store to get the chain the server sent.
  * Portable types: DWORD = uint32_t, BOOL = int, BYTE = uint8_t, LPWSTR = char16_t *, HCERTSTORE = void *.
  */
 

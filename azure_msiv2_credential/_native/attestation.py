@@ -1,7 +1,12 @@
 """AttestationClientLib.dll: attest a CNG key and get the attestation service's JWT.
 
 The library is process-global (init/uninit), so every use runs init -> attest -> free -> uninit under one
-process-wide lock. Its log callback is bridged to ``logging`` at DEBUG; anything JWT-shaped is redacted.
+process-wide lock. That lock serialises only *this package's* use of AttestationClientLib: another component
+of the same process that loads the DLL and calls it directly is not serialised with us (nor we with it).
+
+Its log callback is bridged to ``logging`` at DEBUG; anything JWT-shaped is redacted. The cffi callback is
+made on the first attestation, not at import (making one allocates executable memory, which hardened hosts
+may refuse: that must not break importing the package), and then kept for the life of the process.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ RC_MESSAGES = {-5: "HTTP request to the attestation service failed", -6: "attest
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
 
 _FUNCTIONS = ("InitAttestationLib", "AttestKeyGuardImportKey", "FreeAttestationToken", "UninitAttestationLib")
-#: Serialises the whole init..uninit sequence: the library has one global state per process.
+#: Serialises the whole init..uninit sequence: the library has one global state per process. Only calls made
+#: through this module take it (see the module docstring).
 _process_lock = threading.Lock()
 
 
@@ -48,12 +54,21 @@ def _on_log(ctx: Any, tag: Any, level: int, func: Any, line: int, msg: Any) -> N
         pass
 
 
-# Created once and never released: the library may keep the pointer beyond our calls.
-_log_callback = ffi.callback("AttestationLogFunc", _on_log)
+# Created on first use (under _process_lock) and never released: the library may keep the pointer beyond
+# our calls. At most one element.
+_log_callback: list[Any] = []
+
+
+def _log_callback_locked() -> Any:
+    """The one log callback, made on first use; the caller holds ``_process_lock``."""
+    if not _log_callback:
+        _log_callback.append(ffi.callback("AttestationLogFunc", _on_log))
+    return _log_callback[0]
 
 
 def attest_keyguard_key(path: str, endpoint: str, key_handle: int, client_id: str) -> str:
-    """Attest the CNG key ``key_handle`` (borrowed, not freed) with the service at ``endpoint``.
+    """Attest the CNG key ``key_handle`` (borrowed, not freed) with the service at ``endpoint``. The caller
+    keeps the handle open for the whole call (``KeyGuardKey.borrow()``).
 
     Arguments per PROTOCOL.md §4: auth token ``""`` and client payload ``"{}"`` (NULL yields unusable tokens).
     Raises :class:`AttestationCallError` on a non-zero return code or an empty token.
@@ -62,7 +77,7 @@ def attest_keyguard_key(path: str, endpoint: str, key_handle: int, client_id: st
     require(lib, path, _FUNCTIONS)
     endpoint_c, client_id_c = ffi.new("char[]", endpoint.encode()), ffi.new("char[]", client_id.encode())
     with _process_lock:
-        info = ffi.new("AttestationLogInfo *", {"Log": _log_callback, "Ctx": ffi.NULL})
+        info = ffi.new("AttestationLogInfo *", {"Log": _log_callback_locked(), "Ctx": ffi.NULL})
         rc = int(lib.InitAttestationLib(info))
         if rc != 0:
             raise AttestationCallError("InitAttestationLib", rc, RC_MESSAGES.get(rc, "initialization failed"))

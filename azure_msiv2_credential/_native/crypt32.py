@@ -1,14 +1,19 @@
 """crypt32.dll: the certificate context WinHTTP presents as the TLS client certificate.
 
-WinHTTP signs the TLS handshake with whatever key the certificate context carries, so a KeyGuard key
-(which never leaves CNG) is attached to the context, in two ways:
+WinHTTP signs the TLS handshake with whatever key the certificate context leads to, so the KeyGuard key
+(which never leaves CNG) is attached to the context **by name only**: ``CERT_KEY_PROV_INFO_PROP_ID``
+(:meth:`CertContext.bind_key_provider_info`), a ``CRYPT_KEY_PROV_INFO`` naming the key storage provider and
+the persisted key, from which crypt32 / Schannel open the key themselves, the way a certificate from a store
+finds its key. This is how .NET's ``CopyWithPrivateKey`` binds a *persisted* CNG key
+(``CertificateHelpers.CopyWithPersistedCngKey``), and what MSAL does for its KeyGuard key.
 
-- by handle, ``CERT_NCRYPT_KEY_HANDLE_PROP_ID`` (:meth:`CertContext.bind_ncrypt_key`): the open key itself;
-- by name, ``CERT_KEY_PROV_INFO_PROP_ID`` (:meth:`CertContext.bind_key_provider_info`): a
-  ``CRYPT_KEY_PROV_INFO`` naming the key storage provider and the persisted key, from which crypt32 /
-  Schannel can open the key themselves, the way a certificate from a store finds its key. This is how
-  .NET's ``CopyWithPrivateKey`` binds a *persisted* CNG key (the handle property is what it uses only for
-  ephemeral keys), so a Schannel that looks for the key by name finds it too.
+**Why not by handle.** ``CERT_NCRYPT_KEY_HANDLE_PROP_ID`` (78) *transfers ownership* of the
+``NCRYPT_KEY_HANDLE`` to the context: the key context is "implicitly released on the final freeing of the
+CERT_CONTEXT" (unless ``CERT_STORE_NO_CRYPT_RELEASE_FLAG``), and .NET's ``CopyWithEphemeralKey`` duplicates
+its handle first because the call "transfers ownership of the handle to the certificate". Attaching the
+KeyGuard key's own handle would let freeing a context (every client close, rotation or retire) free the
+process's shared key handle. So property 78 is never set here; :meth:`CertContext.ncrypt_key_handle` only
+reads it (the tests use it to show it stays absent).
 
 **The ``CRYPT_KEY_PROV_INFO`` values** (learn.microsoft.com, "CRYPT_KEY_PROV_INFO structure (wincrypt.h)"):
 ``dwProvType = 0`` means a CNG key storage provider; then ``pwszProvName`` is passed to
@@ -18,26 +23,19 @@ documented ``dwLegacyKeySpec`` values are ``AT_KEYEXCHANGE``, ``AT_SIGNATURE`` a
 ("NCryptOpenKey function (ncrypt.h)"), so ``dwKeySpec`` is **0**, the value our own ``NCryptOpenKey`` and
 ``NCryptCreatePersistedKey`` calls use and the one .NET uses for the Microsoft software KSP.
 ``CERT_NCRYPT_KEY_SPEC`` (0xFFFFFFFF) is *not* used: it is what crypt32 reports for a CNG key
-(``CryptAcquireCertificatePrivateKey``'s ``pdwKeySpec``, the key context that property 78 creates), not a
-documented ``dwLegacyKeySpec``. ``dwFlags`` is **0**: its documented values are
-``CERT_SET_KEY_CONTEXT_PROP_ID``, ``NCRYPT_MACHINE_KEY_FLAG`` and ``NCRYPT_SILENT_FLAG``; the KeyGuard key is
-a per-user key (created without ``NCRYPT_MACHINE_KEY_FLAG``), and the per-boot / virtual-isolation flags
-exist only at creation (``NCryptCreatePersistedKey``), not when opening, so nothing describes them here.
+(``CryptAcquireCertificatePrivateKey``'s ``pdwKeySpec``), not a documented ``dwLegacyKeySpec``. ``dwFlags``
+is **NCRYPT_SILENT_FLAG**: its documented values are ``CERT_SET_KEY_CONTEXT_PROP_ID``,
+``NCRYPT_MACHINE_KEY_FLAG`` and ``CRYPT_SILENT`` / ``NCRYPT_SILENT_FLAG`` ("the key container attempts to
+open any keys silently without any user interface prompts"), which is what a service wants when Schannel
+opens the key by name. The KeyGuard key is a per-user key (created without ``NCRYPT_MACHINE_KEY_FLAG``), and
+the per-boot / virtual-isolation flags exist only at creation (``NCryptCreatePersistedKey``), not when
+opening, so nothing else describes them here.
 
 crypt32 keeps its own copy of the structure: "If a property already exists, its old value is replaced"
 ("CertSetCertificateContextProperty"), and reading it back returns the structure with "structures pointed
 to by members ... returned following the base structure" in the caller's buffer
-("CertGetCertificateContextProperty"). So our strings need to live only for the duration of the call.
-
-**Ownership of the attached key handle.** The property *borrows* the handle. Microsoft documents a
-release-on-final-free only for ``CERT_KEY_PROV_HANDLE_PROP_ID`` / ``CERT_KEY_CONTEXT_PROP_ID`` (the
-``hCryptProv`` "is implicitly released ... on the final freeing of the CERT_CONTEXT" unless
-``CERT_STORE_NO_CRYPT_RELEASE_FLAG``); for ``CERT_NCRYPT_KEY_HANDLE_PROP_ID`` it says only that the
-property "sets the NCRYPT_KEY_HANDLE for the certificate private key", and handing the handle over is
-the job of the separate ``CERT_NCRYPT_KEY_HANDLE_TRANSFER_PROP_ID`` (99). (learn.microsoft.com,
-"CertSetCertificateContextProperty function (wincrypt.h)".) So: the key object stays the handle's one
-owner, :class:`CertContext` keeps a reference to that owner so the key outlives the context, and freeing
-the context never frees the key. The Linux fake implements exactly this and the tests check it.
+("CertGetCertificateContextProperty"). So our strings need to live only for the duration of the call, and
+the context holds no reference to the key object: closing the context never touches the key.
 """
 
 from __future__ import annotations
@@ -55,6 +53,8 @@ X509_ASN_ENCODING = 0x00000001
 PKCS_7_ASN_ENCODING = 0x00010000
 CERT_KEY_PROV_INFO_PROP_ID = 2
 CERT_NCRYPT_KEY_HANDLE_PROP_ID = 78
+#: CRYPT_KEY_PROV_INFO.dwFlags (= CRYPT_SILENT): open the key by name without any UI.
+NCRYPT_SILENT_FLAG = 0x00000040
 #: What crypt32 *reports* as the key spec of a CNG key; never a CRYPT_KEY_PROV_INFO.dwKeySpec we set.
 CERT_NCRYPT_KEY_SPEC = 0xFFFFFFFF
 #: CRYPT_KEY_PROV_INFO.dwProvType for a CNG key storage provider (rather than a CryptoAPI CSP type).
@@ -109,19 +109,17 @@ def _wide_or_none(ptr: Any) -> Optional[str]:
 class CertContext:
     """Owns one ``PCCERT_CONTEXT`` (one reference); ``close()`` frees it exactly once.
 
-    ``key_owner``: the object that owns a key handle attached with :meth:`bind_ncrypt_key`; it is kept
-    referenced for the context's lifetime because the context only borrows the handle. The names attached
-    with :meth:`bind_key_provider_info` are copied by crypt32 and need no owner.
+    The key is attached by name (:meth:`bind_key_provider_info`), which crypt32 copies: the context keeps no
+    reference to any key object and never owns a key handle.
     """
 
-    __slots__ = ("_key_owner", "_lib", "_lock", "_ptr")
+    __slots__ = ("_lib", "_lock", "_ptr")
 
     def __init__(self, lib: Any, ptr: Any) -> None:
         if ptr == ffi.NULL:
             raise ValueError("a CertContext needs a non-NULL PCCERT_CONTEXT")
         self._lib = lib
         self._ptr: Any = ptr
-        self._key_owner: Optional[object] = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -158,28 +156,10 @@ class CertContext:
         ptr = self.ptr
         return bytes(ffi.buffer(ptr.pbCertEncoded, ptr.cbCertEncoded))
 
-    def bind_ncrypt_key(self, key_handle: int, key_owner: object) -> None:
-        """Attach a CNG key handle as the certificate's private key (``CERT_NCRYPT_KEY_HANDLE_PROP_ID``).
-
-        The context borrows the handle (see the module docstring); ``key_owner`` must keep it open and is
-        kept referenced here until :meth:`close`, so the key cannot be closed under the context.
-        """
-        if not key_handle:
-            raise ValueError("a CNG key handle is required")
-        value = ffi.new("uintptr_t *", key_handle)
-        ok = self._lib.CertSetCertificateContextProperty(
-            self.ptr, CERT_NCRYPT_KEY_HANDLE_PROP_ID, CERT_SET_PROPERTY_INHIBIT_PERSIST_FLAG, value
-        )
-        if not ok:
-            raise Crypt32Error("CertSetCertificateContextProperty", last_error())
-        self._key_owner = key_owner
-
     def bind_key_provider_info(self, provider_name: str, key_name: str) -> None:
         """Name the certificate's private key: a persisted CNG key ``key_name`` in the key storage provider
-        ``provider_name`` (``CERT_KEY_PROV_INFO_PROP_ID``; values explained in the module docstring).
-
-        Independent of :meth:`bind_ncrypt_key` (set both: the handle for the key this process holds open,
-        the names for whoever opens the key from the certificate itself).
+        ``provider_name`` (``CERT_KEY_PROV_INFO_PROP_ID``, opened silently; values explained in the module
+        docstring). crypt32 / Schannel open (and release) their own handle to the key when they need it.
         """
         for what, text in (("provider_name", provider_name), ("key_name", key_name)):
             if not text or "\0" in text:
@@ -191,7 +171,7 @@ class CertContext:
         info.pwszContainerName = container
         info.pwszProvName = provider
         info.dwProvType = KEY_PROV_TYPE_CNG
-        info.dwFlags = 0
+        info.dwFlags = NCRYPT_SILENT_FLAG
         info.cProvParam = 0
         info.rgProvParam = ffi.NULL
         info.dwKeySpec = KEY_SPEC_NONE
@@ -250,7 +230,8 @@ class CertContext:
         raise Crypt32Error("CertGetCertificateContextProperty", ERROR_MORE_DATA)
 
     def ncrypt_key_handle(self) -> Optional[int]:
-        """The key handle attached as ``CERT_NCRYPT_KEY_HANDLE_PROP_ID``, or None."""
+        """The key handle attached as ``CERT_NCRYPT_KEY_HANDLE_PROP_ID`` (by someone else: this module never
+        sets it, see the module docstring), or None."""
         raw = self.get_property(CERT_NCRYPT_KEY_HANDLE_PROP_ID)
         if raw is None:
             return None
@@ -285,12 +266,11 @@ class CertContext:
                 self._lib.CertFreeCertificateContext(current)
 
     def close(self) -> None:
-        """Free the context once; the attached key (borrowed) stays open with its owner."""
+        """Free the context once (the key it names is untouched: it was attached by name)."""
         with self._lock:
             ptr, self._ptr = self._ptr, None
         if ptr is not None:
             self._lib.CertFreeCertificateContext(ptr)  # documented to always return TRUE
-        self._key_owner = None
 
     def __enter__(self) -> CertContext:
         return self

@@ -37,6 +37,11 @@ NTE_BUFFER_TOO_SMALL = 0x80090028
 NTE_NOT_SUPPORTED = 0x80090029
 NTE_INTERNAL_ERROR = 0x8009002D
 NTE_DEVICE_NOT_READY = 0x80090030
+#: Creating a key with NCRYPT_USE_VIRTUAL_ISOLATION_FLAG where VBS key isolation is unavailable. Not in
+#: winerror.h under any name we know: the name is ours; the value is the one MSAL.NET's
+#: WindowsCngKeyOperations.IsVbsUnavailable checks (its comment calls it "NTE_NOT_SUPPORTED", which is
+#: 0x80090029, a different status that older systems return and that we also treat as "no VBS").
+NTE_VBS_UNAVAILABLE = 0x80890014
 
 #: Status code -> name, for messages and for callers that branch on ``NativeCallError.name``.
 NTE_NAMES: dict[int, str] = {

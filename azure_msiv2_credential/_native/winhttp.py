@@ -4,10 +4,16 @@ Thin and leak-free: a session, a connection and a request are each a :class:`_Ha
 that closes it once (``with`` or ``close()``), also when a call fails half-way. A failing call raises
 :class:`WinHttpError` with the ``ERROR_WINHTTP_*`` name. Last errors come from cffi's per-call saved
 value (``GetLastError()`` on Windows; ``errno`` under the Linux fakes), so no kernel32 binding is needed.
+
+Status callbacks go through **one** module-level cffi trampoline, created on first use and never freed
+(WinHTTP may call it for as long as any handle exists): WinHTTP hands each callback the ``dwContext`` given
+to ``WinHttpSendRequest``, and :class:`Request` registers its Python callback under a context value of its
+own, so no per-request native callback is created or has to outlive its request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar
@@ -58,7 +64,15 @@ SECURE_FAILURE_REASONS: dict[int, str] = {
     WINHTTP_CALLBACK_STATUS_FLAG_CERT_DATE_INVALID: "the certificate is expired or not yet valid",
     WINHTTP_CALLBACK_STATUS_FLAG_SECURITY_CHANNEL_ERROR: "TLS (Schannel) error",
 }
-_INVALID_STATUS_CALLBACK = 0xFFFFFFFFFFFFFFFF  # (WINHTTP_STATUS_CALLBACK)-1, compared masked to 64 bits
+
+
+def invalid_status_callback_value(pointer_size: int) -> int:
+    """``WINHTTP_INVALID_STATUS_CALLBACK`` = ``((WINHTTP_STATUS_CALLBACK)(-1L))`` as an unsigned integer: all
+    ones over the pointer's width (0xFFFFFFFF on x86, not the 64-bit value)."""
+    return (1 << (8 * pointer_size)) - 1
+
+
+_INVALID_STATUS_CALLBACK = invalid_status_callback_value(ffi.sizeof("void *"))
 
 # -- headers ------------------------------------------------------------------------------------
 WINHTTP_QUERY_STATUS_CODE = 19
@@ -106,9 +120,19 @@ ERROR_WINHTTP_CLIENT_CERT_NO_ACCESS_PRIVATE_KEY = 12186
 ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED_PROXY = 12187
 ERROR_WINHTTP_SECURE_FAILURE_PROXY = 12188
 
+#: Schannel HRESULTs WinHTTP may pass through unchanged when a TLS credential cannot be used (e.g. the
+#: client key named by CERT_KEY_PROV_INFO cannot be opened). They are TLS failures too.
+SEC_E_UNKNOWN_CREDENTIALS = 0x8009030D
+SEC_E_NO_CREDENTIALS = 0x8009030E
+SEC_E_CERT_UNKNOWN = 0x80090327
+SEC_E_UNTRUSTED_ROOT = 0x80090325
+SEC_E_WRONG_PRINCIPAL = 0x80090322
+SEC_E_CERT_EXPIRED = 0x80090328
+SEC_E_INTERNAL_ERROR = 0x80090304
+
 #: Error code -> name, for messages and for callers that branch on ``WinHttpError.name``.
 WINHTTP_ERROR_NAMES: dict[int, str] = {
-    value: name for name, value in globals().items() if name.startswith("ERROR_") and isinstance(value, int)
+    value: name for name, value in globals().items() if name.startswith(("ERROR_", "SEC_E_")) and isinstance(value, int)
 }
 #: Errors that mean "the TLS session could not be trusted or established".
 SECURE_ERRORS = frozenset(
@@ -128,6 +152,7 @@ SECURE_ERRORS = frozenset(
         ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED_PROXY,
         ERROR_WINHTTP_SECURE_FAILURE_PROXY,
     }
+    | {code for code, name in WINHTTP_ERROR_NAMES.items() if name.startswith("SEC_E_")}
 )
 
 #: Header values may grow between the two passes only in theory; retry a few times anyway.
@@ -145,7 +170,9 @@ class WinHttpError(NativeCallError, OSError):
     def __init__(self, function: str, code: int, detail: Optional[str] = None) -> None:
         super().__init__(function, code, WINHTTP_ERROR_NAMES)
         self.detail = detail
-        message = f"{function} failed: {self.name} ({self.code})"  # Win32 errors read best in decimal
+        # Win32 errors read best in decimal (12002), HRESULTs in hex (0x8009030D).
+        shown = f"0x{self.code:08X}" if self.code >= 0x80000000 else str(self.code)
+        message = f"{function} failed: {self.name} ({shown})"
         self.args = (f"{message}: {detail}" if detail else message,)
 
     def __str__(self) -> str:
@@ -165,17 +192,63 @@ def _wide(text: str) -> Any:
     return ffi.new("char16_t[]", text)
 
 
+class _StatusDispatch:
+    """The one native status callback of the process, routing each notification by its ``dwContext``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: dict[int, StatusCallback] = {}
+        self._last = 0
+        self._trampoline: Any = None
+
+    def trampoline(self) -> Any:
+        """The ``WINHTTP_STATUS_CALLBACK``, made on first use and kept for the life of the process."""
+        with self._lock:
+            if self._trampoline is None:
+                self._trampoline = ffi.callback("WINHTTP_STATUS_CALLBACK", self._dispatch)
+            return self._trampoline
+
+    def register(self, callback: StatusCallback) -> int:
+        """A free, non-zero context value (it fits a DWORD_PTR) now routed to ``callback``."""
+        with self._lock:
+            while True:
+                self._last = self._last % _INVALID_STATUS_CALLBACK + 1  # 1 .. all-ones - 1 (never 0)
+                if self._last != _INVALID_STATUS_CALLBACK and self._last not in self._callbacks:
+                    break
+            self._callbacks[self._last] = callback
+            return self._last
+
+    def unregister(self, context: int) -> None:
+        with self._lock:
+            self._callbacks.pop(context, None)
+
+    def registered(self) -> int:
+        """How many callbacks are registered (for leak checks in tests)."""
+        with self._lock:
+            return len(self._callbacks)
+
+    def _dispatch(self, handle: Any, context: int, status: int, info: Any, length: int) -> None:
+        with self._lock:
+            callback = self._callbacks.get(int(context))
+        if callback is None:  # not ours, or the request was closed meanwhile
+            return
+        with contextlib.suppress(BaseException):  # an exception must never unwind through WinHTTP's frames
+            callback(handle, int(context), int(status), info, int(length))
+
+
+_status_dispatch = _StatusDispatch()
+
+
 class _Handle:
     """One HINTERNET with exactly one owner; ``close()`` closes it once."""
 
-    __slots__ = ("_keep", "_lib", "_lock", "_ptr", "_winhttp_path")
+    __slots__ = ("_lib", "_lock", "_ptr", "_winhttp_path")
 
     def __init__(self, winhttp_path: str, lib: Any, ptr: Any) -> None:
         self._winhttp_path = winhttp_path
         self._lib = lib
         self._ptr: Any = ptr
         self._lock = threading.Lock()
-        self._keep: list[object] = []  # native objects C may still use (callbacks), freed after close
 
     @property
     def ptr(self) -> Any:
@@ -207,8 +280,6 @@ class _Handle:
             ptr, self._ptr = self._ptr, None
         if ptr is not None:
             self._lib.WinHttpCloseHandle(ptr)
-        # The callback stays referenced (in `_keep`) until the owner drops this object: a callback
-        # running right now must not lose its trampoline.
 
     def __enter__(self: _H) -> _H:
         return self
@@ -228,12 +299,17 @@ class Session(_Handle):
     __slots__ = ()
 
     @classmethod
-    def open(cls, winhttp_path: str, user_agent: str, proxy: Optional[str] = None) -> Session:
-        """Synchronous session. ``proxy`` None = the system proxy settings (automatic proxy on Windows
-        8.1+, the WinHTTP default proxy on older systems); else a named proxy such as ``"proxy:8080"``."""
+    def open(cls, winhttp_path: str, user_agent: str, proxy: Optional[str] = None, *, direct: bool = False) -> Session:
+        """Synchronous session. ``direct``: no proxy at all (``WINHTTP_ACCESS_TYPE_NO_PROXY``); else ``proxy``
+        None = the system proxy settings (automatic proxy on Windows 8.1+, the WinHTTP default proxy on older
+        systems), or a named proxy such as ``"http://proxy:8080"``."""
+        if direct and proxy is not None:
+            raise ValueError("a direct session has no proxy")
         lib = load(winhttp_path)
         agent = _wide(user_agent)
-        if proxy is not None:
+        if direct:
+            ptr = lib.WinHttpOpen(agent, WINHTTP_ACCESS_TYPE_NO_PROXY, ffi.NULL, ffi.NULL, 0)
+        elif proxy is not None:
             ptr = lib.WinHttpOpen(agent, WINHTTP_ACCESS_TYPE_NAMED_PROXY, _wide(proxy), ffi.NULL, 0)
         else:
             ptr = lib.WinHttpOpen(agent, WINHTTP_ACCESS_TYPE_AUTOMATIC_PROXY, ffi.NULL, ffi.NULL, 0)
@@ -269,7 +345,11 @@ class Connection(_Handle):
 class Request(_Handle):
     """``WinHttpOpenRequest``: one exchange, from send to the end of the body."""
 
-    __slots__ = ()
+    __slots__ = ("_context",)
+
+    def __init__(self, winhttp_path: str, lib: Any, ptr: Any) -> None:
+        super().__init__(winhttp_path, lib, ptr)
+        self._context = 0  # our status callback's dwContext; 0 = none
 
     def set_client_certificate(self, context: CertContext) -> None:
         """``WINHTTP_OPTION_CLIENT_CERT_CONTEXT``: WinHTTP takes its own reference to the context."""
@@ -279,26 +359,38 @@ class Request(_Handle):
             raise self._fail("WinHttpSetOption")
 
     def set_status_callback(self, callback: StatusCallback, notifications: int) -> None:
-        """Install ``callback`` for ``notifications`` on this request. The cffi trampoline stays alive
-        as long as this object does; exceptions in ``callback`` must be handled by it."""
-        cb = ffi.callback("WINHTTP_STATUS_CALLBACK", callback)
-        self._keep.append(cb)
-        previous = self._lib.WinHttpSetStatusCallback(self.ptr, cb, notifications, 0)
-        if int(ffi.cast("uintptr_t", previous)) & 0xFFFFFFFFFFFFFFFF == _INVALID_STATUS_CALLBACK:
-            raise self._fail("WinHttpSetStatusCallback")
+        """Route ``notifications`` on this request to ``callback``, through the shared trampoline and the
+        ``dwContext`` that :meth:`send` passes. ``callback`` runs on the thread calling WinHTTP, must not
+        raise (an exception is swallowed) and stops being called once this request is closed."""
+        if self._context:
+            raise ValueError("this request already has a status callback")
+        context = _status_dispatch.register(callback)
+        previous = self._lib.WinHttpSetStatusCallback(self.ptr, _status_dispatch.trampoline(), notifications, 0)
+        if int(ffi.cast("uintptr_t", previous)) == _INVALID_STATUS_CALLBACK:
+            error = self._fail("WinHttpSetStatusCallback")
+            _status_dispatch.unregister(context)
+            raise error
+        self._context = context
+
+    def close(self) -> None:
+        super().close()
+        context, self._context = self._context, 0
+        if context:
+            _status_dispatch.unregister(context)
 
     def add_headers(self, headers: str, modifiers: int = WINHTTP_ADDREQ_FLAG_ADD | WINHTTP_ADDREQ_FLAG_REPLACE) -> None:
         """``WinHttpAddRequestHeaders``; by default each line replaces a header of that name or is added."""
         if not self._lib.WinHttpAddRequestHeaders(self.ptr, _wide(headers), 0xFFFFFFFF, modifiers):
             raise self._fail("WinHttpAddRequestHeaders")
 
-    def send(self, headers: str, body: Optional[bytes], context: int = 0) -> None:
-        """``WinHttpSendRequest`` with CRLF-separated ``headers`` and the whole body."""
+    def send(self, headers: str, body: Optional[bytes]) -> None:
+        """``WinHttpSendRequest`` with CRLF-separated ``headers`` and the whole body (``dwContext`` routes
+        the status callback, if any)."""
         header_buf = _wide(headers) if headers else ffi.NULL
         header_len = 0xFFFFFFFF if headers else 0  # -1: NUL-terminated
         data = ffi.from_buffer("uint8_t[]", body) if body else ffi.NULL
         size = len(body) if body else 0
-        if not self._lib.WinHttpSendRequest(self.ptr, header_buf, header_len, data, size, size, context):
+        if not self._lib.WinHttpSendRequest(self.ptr, header_buf, header_len, data, size, size, self._context):
             raise self._fail("WinHttpSendRequest")
 
     def receive_response(self) -> None:

@@ -2,14 +2,22 @@
 
 PROTOCOL.md §3: RSA-2048, export policy 0, ``NCRYPT_USE_VIRTUAL_ISOLATION_FLAG | NCRYPT_USE_PER_BOOT_KEY_FLAG``,
 one fixed name so every process of this boot shares the key. It counts as KeyGuard only if the ``"Virtual Iso"``
-property reads non-zero; a per-boot key left over from a previous boot is stale (its trial signature fails) and
-is deleted and recreated.
+property is non-empty with a non-zero byte (MSAL reads its first byte; the size is not documented, so any size
+is accepted); a per-boot key left over from a previous boot is stale (its trial signature fails) and is deleted
+and recreated. Creating an isolated key without VBS fails with 0x80890014 (``NTE_VBS_UNAVAILABLE``, the status
+MSAL.NET's ``IsVbsUnavailable`` checks) or, on older systems, with ``NTE_NOT_SUPPORTED`` and friends: both are
+``MSI_V2_KEYGUARD_UNAVAILABLE``.
+
+Native calls that use the key's handle (signing, attestation) hold a :meth:`KeyGuardKey.borrow`, so
+:meth:`KeyGuardKey.close` never frees the handle under a call in flight on another thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Optional
 
@@ -24,8 +32,9 @@ from ._base import PSS_SALT_LENGTH, RSA_KEY_BITS, BindingStrength
 DEFAULT_KEY_NAME = "AzureMsiV2BindingKey"
 
 _CREATE_FLAGS = nc.NCRYPT_USE_VIRTUAL_ISOLATION_FLAG | nc.NCRYPT_USE_PER_BOOT_KEY_FLAG
-#: Statuses meaning "this Windows cannot make an isolated key", as opposed to a key-store failure.
-_NO_ISOLATION = {nc.NTE_NOT_SUPPORTED, nc.NTE_BAD_FLAGS, nc.NTE_INVALID_PARAMETER}
+#: Statuses meaning "this Windows cannot make an isolated key", as opposed to a key-store failure: VBS key
+#: isolation unavailable (0x80890014), or a Windows that does not know the flags at all.
+_NO_ISOLATION = {nc.NTE_VBS_UNAVAILABLE, nc.NTE_NOT_SUPPORTED, nc.NTE_BAD_FLAGS, nc.NTE_INVALID_PARAMETER}
 _NO_SUCH_KEY = {nc.NTE_BAD_KEYSET, nc.NTE_NOT_FOUND}
 #: open -> (stale: delete) -> create -> (lost a race: open again); three rounds cover every interleaving
 #: with one concurrent creator and one concurrent deleter.
@@ -41,8 +50,9 @@ def _key_error(what: str, exc: NativeError) -> MsiV2Error:
 
 
 class KeyGuardKey:
-    """An open KeyGuard key. Owns its NCRYPT_KEY_HANDLE (and the provider handle it came from); borrowers
-    (WinHTTP, attestation) never free it."""
+    """An open KeyGuard key. Owns its NCRYPT_KEY_HANDLE (and the provider handle it came from); native calls
+    use the handle only inside :meth:`borrow` and never free it. WinHTTP does not use the handle at all: it
+    opens the persisted key by :attr:`key_name`."""
 
     def __init__(
         self,
@@ -62,7 +72,11 @@ class KeyGuardKey:
         self._handle = handle
         self._libraries = libraries
         self._public_key = public_key
-        self._lock = threading.Lock()
+        self._state = threading.Lock()  # guards the borrow count and the closing flags
+        self._borrowers = 0
+        self._closing = False  # close() was called: no new borrows; the last borrower frees the handles
+        self._freed = False
+        self._sign_lock = threading.Lock()  # signatures through the one handle, one at a time
         spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self._key_id = f"keyguard:{name}:{hashlib.sha256(spki).hexdigest()[:16]}"
 
@@ -86,11 +100,34 @@ class KeyGuardKey:
 
     @property
     def native_handle(self) -> int:
-        """The NCRYPT_KEY_HANDLE value, valid until :meth:`close` (the provider's ``close()``)."""
+        """The NCRYPT_KEY_HANDLE value, for display and diagnostics. A native call must use the value from
+        :meth:`borrow` instead: only a borrow keeps the handle open for the call's duration."""
         try:
             return self._handle.value
         except NativeError as exc:
             raise _key_error("the KeyGuard key is closed", exc) from exc
+
+    @contextmanager
+    def borrow(self) -> Iterator[int]:
+        """The NCRYPT_KEY_HANDLE value, guaranteed open until the ``with`` block ends.
+
+        Any number of threads may borrow at once. :meth:`close` refuses new borrows immediately and leaves
+        the freeing of the handles to the last borrower. Raises ``MsiV2Error`` (``KEY_ERROR``) once closed.
+        """
+        with self._state:
+            if self._closing:
+                raise MsiV2Error("the KeyGuard key is closed", error_code=ErrorCode.KEY_ERROR)
+            self._borrowers += 1
+        try:
+            yield self._handle.value
+        finally:
+            with self._state:
+                self._borrowers -= 1
+                free = self._closing and self._borrowers == 0 and not self._freed
+                if free:
+                    self._freed = True
+            if free:
+                self._free()
 
     @property
     def libraries(self) -> NativeLibraries:
@@ -101,18 +138,33 @@ class KeyGuardKey:
 
     def sign_pss_sha256(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
-        with self._lock:  # never sign through a handle another thread is closing
+        with self.borrow(), self._sign_lock:  # the handle stays open while NCrypt signs with it
             try:
                 return self._api.sign_hash_pss(self._handle, digest, "SHA256", PSS_SALT_LENGTH)
             except NativeError as exc:
                 raise _key_error("signing with the KeyGuard key failed", exc) from exc
 
+    @property
+    def closed(self) -> bool:
+        """``close()`` was called (the handles may still be open for a borrow in flight)."""
+        return self._closing
+
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._handle.close()
-            finally:
-                self._provider.close()
+        """Refuse new borrows and free the handles: now, or when the last borrow in flight ends (also one on
+        this thread: closing inside a ``with key.borrow()`` frees at the end of that block). Idempotent."""
+        with self._state:
+            self._closing = True
+            free = self._borrowers == 0 and not self._freed
+            if free:
+                self._freed = True
+        if free:
+            self._free()
+
+    def _free(self) -> None:
+        try:
+            self._handle.close()
+        finally:
+            self._provider.close()
 
     def __repr__(self) -> str:
         return f"KeyGuardKey(key_id={self._key_id!r})"
@@ -261,11 +313,13 @@ def _unavailable(reason: str) -> MsiV2Error:
 
 
 def _is_isolated(api: nc.NCrypt, key: nc.NCryptHandle) -> bool:
-    """Any failure to read a non-zero "Virtual Iso" DWORD means not KeyGuard."""
+    """Isolated when "Virtual Iso" is non-empty with any non-zero byte, whatever its size (the size is not
+    documented; MSAL reads the first byte). Empty, all zero, or unreadable means not KeyGuard."""
     try:
-        return api.get_dword_property(key, nc.NCRYPT_USE_VIRTUAL_ISOLATION_PROPERTY) != 0
+        value = api.get_property(key, nc.NCRYPT_USE_VIRTUAL_ISOLATION_PROPERTY)
     except NativeError:
         return False
+    return any(value)
 
 
 def _signs(api: nc.NCrypt, key: nc.NCryptHandle) -> bool:

@@ -4,6 +4,9 @@ The async twins of ``_requests``: one azure-core ``AioHttpTransport`` per bindin
 ``aiohttp.ClientSession`` whose connector holds the binding's ``SSLContext`` (aiohttp uses the connector's
 context for direct and proxied TLS alike). A KeyGuard binding goes through WinHTTP, which blocks, so its
 requests run on worker threads through azure-core's ``AsyncioRequestsTransport``.
+
+Building a binding's ``SSLContext`` (loading the CA bundle, the certificate and the key) blocks for about as
+long as a handshake, so it runs on the loop's default executor, never on the event loop itself.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ class AsyncBindingTransport(AsyncHttpTransport[HttpRequest, AsyncHttpResponse]):
             kwargs.setdefault("proxies", self._proxies)
         if msiv2_binding is None:
             return await self._plain_transport().send(request, **kwargs)  # type: ignore[no-any-return]
-        transport = self._transport_for(request, msiv2_binding, kwargs)
+        transport = await self._transport_for(request, msiv2_binding, kwargs)
         return await transport.send(request, **kwargs)  # type: ignore[no-any-return]
 
     def _plain_transport(self) -> _Transport:
@@ -117,29 +120,41 @@ class AsyncBindingTransport(AsyncHttpTransport[HttpRequest, AsyncHttpResponse]):
             self._plain = transport
         return transport
 
-    def _transport_for(self, request: HttpRequest, binding: Binding, kwargs: dict[str, Any]) -> _Transport:
+    async def _transport_for(self, request: HttpRequest, binding: Binding, kwargs: dict[str, Any]) -> _Transport:
         require_https(request.url)
         if kwargs.pop("connection_cert", None) is not None:
             raise ValueError("connection_cert cannot be combined with a binding: the binding is the certificate")
         verify = kwargs.pop("connection_verify", self._verify)
-        pools = self._bound.get(binding)
-        transport = pools.get(verify) if pools is not None else None
+        transport = self._pooled(binding, verify)
         if transport is None:
-            if self._closed:
-                raise ValueError("the transport is closed")
-            self._loop = asyncio.get_running_loop()
-            transport = self._open_pool(binding, check_verify(verify))
-            self._bound.setdefault(binding, {})[verify] = transport
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            checked = check_verify(verify)
+            context: Optional[ssl.SSLContext] = None
+            if binding.key.strength != "keyguard":
+                # Off the loop: loading the bundle and the key blocks (ssl_context_for caches per binding).
+                context = await loop.run_in_executor(None, ssl_context_for, binding, checked)
+            # Another send may have opened this pool while we waited: use it rather than open a second one.
+            transport = self._pooled(binding, verify)
+            if transport is None:
+                transport = self._open_pool(binding, checked, context)
+                self._bound.setdefault(binding, {})[verify] = transport
         return transport
 
-    def _open_pool(self, binding: Binding, verify: Verify) -> _Transport:
-        if binding.key.strength == "keyguard":
+    def _pooled(self, binding: Binding, verify: Any) -> Optional[_Transport]:
+        pools = self._bound.get(binding)
+        transport = pools.get(verify) if pools is not None else None
+        if transport is None and self._closed:
+            raise ValueError("the transport is closed")
+        return transport
+
+    def _open_pool(self, binding: Binding, verify: Verify, context: Optional[ssl.SSLContext]) -> _Transport:
+        if context is None:
             from ._keyguard import winhttp_session
 
             session = winhttp_session(binding, verify, trust_env=self._trust_env)
             threaded: _Transport = AsyncioRequestsTransport(session=session, session_owner=True, **self._bound_kwargs)
             return threaded
-        context = ssl_context_for(binding, verify)
         transport: _Transport = AioHttpTransport(session=self._session(context), **self._bound_kwargs)
         return transport
 

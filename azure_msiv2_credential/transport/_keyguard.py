@@ -6,20 +6,33 @@ turns each ``PreparedRequest`` into one ``WinHttpClient.send`` and wraps the ans
 ``HTTPResponse``. ``RequestsTransport`` (sync) and ``AsyncioRequestsTransport`` (async, worker threads)
 then give exactly the response objects, streaming, decoding, content-length checks and error mapping
 they give for any other request.
+
+Proxies follow ``requests``: the proxy ``requests`` selects for the URL (``proxies=``, and with
+``trust_env`` the environment, honouring ``NO_PROXY``) is the one WinHTTP uses; when it selects none,
+WinHTTP goes direct (``WINHTTP_ACCESS_TYPE_NO_PROXY``), never through the system's WinHTTP proxy settings.
+WinHTTP can use only an ``http://`` proxy: any other is refused with :class:`UnsupportedProxyError` (a
+``requests`` ``InvalidProxyURL`` and ``ProxyError``; azure-core's ``ServiceRequestError``).
+
+Errors map by the WinHTTP function that failed, so azure-core tells "not sent" from "sent, no answer": a
+timeout while connecting or sending is ``ConnectTimeout``, while waiting for or reading the response
+``ReadTimeout``; a connection error while waiting for the response is a ``ConnectionError`` around a
+urllib3 ``ProtocolError`` (azure-core's ``ServiceResponseError``); body read failures surface through
+urllib3 as for any socket (``ReadTimeoutError`` / ``ProtocolError``).
 """
 
 from __future__ import annotations
 
 import io
+import socket
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
 from urllib3 import HTTPResponse
 from urllib3._collections import HTTPHeaderDict
+from urllib3.exceptions import ProtocolError
 
 from .._binding import Binding
 from ._tls import Verify
@@ -27,33 +40,54 @@ from ._tls import Verify
 if TYPE_CHECKING:
     from ._winhttp import WinHttpClient, WinHttpResponse
 
+#: WinHTTP functions that fail after the request was sent (any other failed before or while sending it).
+_RECEIVING = frozenset(
+    {"WinHttpReceiveResponse", "WinHttpQueryHeaders", "WinHttpQueryDataAvailable", "WinHttpReadData"}
+)
+_ERROR_WINHTTP_CONNECTION_ERROR = 12030
+
 #: requests' default when no timeout is given; azure-core always passes its own (300 s by default).
 _DEFAULT_TIMEOUT = 300.0
 
 
+class UnsupportedProxyError(requests.exceptions.InvalidProxyURL, requests.exceptions.ProxyError):
+    """The proxy ``requests`` selected cannot be used by WinHTTP (only ``http://`` proxies can).
+
+    An ``InvalidProxyURL`` for ``requests`` callers, and a ``ProxyError`` (a ``ConnectionError``) so that
+    azure-core reports it as a ``ServiceRequestError``: nothing was sent.
+    """
+
+
 class _WinHttpBody(io.RawIOBase):
-    """The response body as a file, read chunk by chunk from WinHTTP as urllib3 asks for it."""
+    """The response body as a file, read from WinHTTP as urllib3 asks for it.
+
+    Failures look like a socket's to urllib3: a WinHTTP timeout is ``socket.timeout`` (urllib3's
+    ``ReadTimeoutError``), any other WinHTTP failure stays an ``OSError`` (``ProtocolError``), and reading
+    a response that was closed under us (its client retired) is a ``ConnectionAbortedError``.
+    """
 
     def __init__(self, response: WinHttpResponse) -> None:
         super().__init__()
         self._response = response
-        self._chunks: Iterator[bytes] = iter(response.iter_bytes())
-        self._pending = b""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = chunk
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+        if not len(view):
+            return 0
+        try:
+            chunk = self._response.read1(len(view))
+        except ValueError as exc:  # closed meanwhile (client closed on rotation, or by the caller)
+            raise ConnectionAbortedError(f"the WinHTTP response was closed while its body was read ({exc})") from exc
+        except OSError as exc:
+            is_timeout = getattr(exc, "is_timeout", None)
+            if callable(is_timeout) and is_timeout():
+                raise socket.timeout(str(exc)) from exc
+            raise
+        view[: len(chunk)] = chunk
+        return len(chunk)
 
     def close(self) -> None:
         if not self.closed:
@@ -101,10 +135,11 @@ class WinHttpAdapter(HTTPAdapter):
         super().__init__(max_retries=0)
         self._binding = binding
         self._verify = verify
-        self._clients: dict[Optional[str], WinHttpClient] = {}
+        self._clients: dict[Union[str, Literal[False]], WinHttpClient] = {}
         self._lock = threading.Lock()
 
-    def _client(self, proxy: Optional[str]) -> WinHttpClient:
+    def _client(self, proxy: Union[str, Literal[False]]) -> WinHttpClient:
+        """The client for ``proxy`` (an ``http://`` proxy, or False = direct), made on first use."""
         client = self._clients.get(proxy)
         if client is None:
             from ._winhttp import WinHttpClient
@@ -132,9 +167,17 @@ class WinHttpAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Optional[Any] = None,
     ) -> requests.Response:
+        from ._winhttp import _winhttp_proxy
+
         url = request.url or ""
         connect_timeout, read_timeout = _timeouts(timeout)
-        client = self._client(select_proxy(url, proxies) if proxies else None)
+        selected = select_proxy(url, proxies) if proxies else None
+        proxy: Union[str, Literal[False]] = False if selected is None else selected  # none selected: direct
+        if proxy is not False:
+            try:
+                _winhttp_proxy(proxy)
+            except ValueError as exc:
+                raise UnsupportedProxyError(str(exc), request=request) from exc
         body = _body_bytes(request.body)
         headers = dict(request.headers)
         if any(name.lower() == "transfer-encoding" for name in headers):
@@ -142,6 +185,7 @@ class WinHttpAdapter(HTTPAdapter):
             headers = {k: v for k, v in headers.items() if k.lower() != "transfer-encoding"}
             headers["Content-Length"] = str(len(body or b""))
         try:
+            client = self._client(proxy)
             answer = client.send(
                 request.method or "GET",
                 url,
@@ -173,13 +217,24 @@ class WinHttpAdapter(HTTPAdapter):
 
 
 def _requests_error(exc: OSError, request: requests.PreparedRequest) -> requests.RequestException:
-    """Map a WinHTTP failure onto the requests exception azure-core turns into the right Azure error."""
+    """Map a WinHTTP failure onto the requests exception azure-core turns into the right Azure error.
+
+    By the failing function: before the request was sent (open, connect, send) a timeout is
+    ``ConnectTimeout`` (azure-core: ServiceRequestTimeoutError, safe to retry); while waiting for or reading
+    the response it is ``ReadTimeout``, and a broken connection there is ``ConnectionError(ProtocolError)``
+    (azure-core: ServiceResponseError, the request may have been processed).
+    """
+    function = getattr(exc, "function", None)
     is_timeout = getattr(exc, "is_timeout", None)
     if callable(is_timeout) and is_timeout():
-        return requests.exceptions.ReadTimeout(exc, request=request)
+        if function in _RECEIVING:
+            return requests.exceptions.ReadTimeout(exc, request=request)
+        return requests.exceptions.ConnectTimeout(exc, request=request)
     is_secure_failure = getattr(exc, "is_secure_failure", None)
     if callable(is_secure_failure) and is_secure_failure():
         return requests.exceptions.SSLError(exc, request=request)
+    if function in _RECEIVING and getattr(exc, "code", None) == _ERROR_WINHTTP_CONNECTION_ERROR:
+        return requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", exc), request=request)
     return requests.exceptions.ConnectionError(exc, request=request)
 
 

@@ -8,16 +8,20 @@ files (see ``bench/transport.py``).
 ``SSLContext.load_cert_chain`` reads only files, and the key must never reach a filesystem in clear
 (DESIGN.md §6). On Linux the PEM goes into an anonymous memory file (``memfd_create``) read through
 ``/proc/self/fd``; elsewhere the key is encrypted with a random one-time password into a temporary file
-that is deleted as soon as it has been loaded.
+that is deleted as soon as it has been loaded. Deleting is best effort (on Windows a scanner may hold the new
+file open for a moment): a few short retries, then a WARNING naming the file; a file left behind holds only
+the encrypted key, whose password is gone with this process, and never turns a loaded context into an error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import ssl
 import tempfile
 import threading
+import time
 import weakref
 from typing import Union
 
@@ -30,6 +34,11 @@ from ..keys import SoftwareKey
 
 #: azure-core's ``connection_verify``: ``True`` (system trust) or a CA bundle file or directory.
 Verify = Union[bool, str]
+
+_log = logging.getLogger(__name__)
+#: Deleting the temporary key file: attempts and the pause between them.
+_DELETE_ATTEMPTS = 5
+_DELETE_PAUSE_S = 0.05
 
 _lock = threading.Lock()
 _binding_contexts: weakref.WeakKeyDictionary[Binding, dict[Verify, ssl.SSLContext]] = weakref.WeakKeyDictionary()
@@ -127,7 +136,28 @@ def _load_cert_chain(context: ssl.SSLContext, certificate_der: bytes, key: rsa.R
             os.close(fd)
         context.load_cert_chain(path, password=password)
     finally:
-        os.unlink(path)
+        _delete_quietly(path)
+
+
+def _delete_quietly(path: str) -> None:
+    """Best-effort delete with a short retry; a failure is logged, never raised (it must not mask the
+    result, nor the exception, of loading the key)."""
+    for attempt in range(_DELETE_ATTEMPTS):
+        try:
+            os.unlink(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if attempt + 1 == _DELETE_ATTEMPTS:
+                _log.warning(
+                    "could not delete the temporary file %s (it holds only a password-encrypted key whose password "
+                    "is not kept): %s",
+                    path,
+                    exc,
+                )
+                return
+            time.sleep(_DELETE_PAUSE_S)
 
 
 def _key_pem(key: rsa.RSAPrivateKey, encryption: serialization.KeySerializationEncryption) -> bytes:

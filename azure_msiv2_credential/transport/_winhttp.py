@@ -2,14 +2,19 @@
 
 OpenSSL needs the private key in process memory; a KeyGuard key never is. WinHTTP (Schannel) signs the
 handshake with the certificate context's private key, so this client is the one way a KeyGuard binding
-speaks TLS, for the token leg and the SDK transports alike. The context carries the key both by handle
-(``CERT_NCRYPT_KEY_HANDLE_PROP_ID``) and by name (``CERT_KEY_PROV_INFO_PROP_ID``: provider + persisted key
-name), so Schannel finds it whichever of the two it consults (see ``_native/crypt32.py``).
+speaks TLS, for the token leg and the SDK transports alike. The context names the key
+(``CERT_KEY_PROV_INFO_PROP_ID``: provider + persisted key name) and Schannel opens it by name; the key's own
+handle is never attached (``CERT_NCRYPT_KEY_HANDLE_PROP_ID`` would hand its ownership to the context, see
+``_native/crypt32.py``), so closing a client never touches the key.
 
 Shape: one WinHTTP session per client (its own keep-alive pool), one connect handle per host:port,
 and the certificate context built once per client and bound to the key. Each :meth:`WinHttpClient.send`
 opens a request handle that the returned :class:`WinHttpResponse` owns until its body is read or it is
-closed.
+closed. :meth:`WinHttpClient.close` may come from another thread while sends are in flight (a retire
+listener): the session, connections and certificate context are then freed when the last send returns.
+
+Proxies: ``None`` = the system's proxy settings, ``False`` = none (direct), or an ``http://host:port``
+proxy (WinHTTP tunnels HTTPS through it with CONNECT; other proxy schemes are refused).
 
 TLS verification is never switched off:
 
@@ -18,12 +23,21 @@ TLS verification is never switched off:
   ``FAKE_WINHTTP_TRUSTED_CA_FILE``.)
 - ``verify="<CA bundle file or directory>"`` (azure-core's ``connection_verify``): the bundle *replaces*
   the machine roots, as it does for ``requests``/``ssl`` on the software path, so a private CA (the
-  emulator's) works without touching the machine store. WinHTTP is told to accept an unknown root
-  (``SECURITY_FLAG_IGNORE_UNKNOWN_CA``; it still checks host name and dates), and the documented hook
-  for the application's own check, the ``WINHTTP_CALLBACK_STATUS_SENDING_REQUEST`` status callback,
-  verifies the server's chain against the bundle with ``cryptography``'s X.509 verifier (path, host
-  name, validity, key usages) and cancels the request by closing its handle on any failure: the check
-  runs after the handshake and before a single byte of the request (headers, token, body) is written.
+  emulator's) works without touching the machine store. The documented hook for the application's own
+  check, the ``WINHTTP_CALLBACK_STATUS_SENDING_REQUEST`` status callback, verifies the server's chain
+  against the bundle with ``cryptography``'s X.509 verifier (path, host name, validity, key usages) and
+  cancels the request by closing its handle on any failure; only once that callback is installed is
+  WinHTTP told to accept an unknown root (``SECURITY_FLAG_IGNORE_UNKNOWN_CA``; it still checks host name
+  and dates). An invocation that comes before TLS exists (the server certificate is not available yet,
+  ``ERROR_WINHTTP_INCORRECT_HANDLE_STATE``: e.g. for a proxy's CONNECT) is skipped, and a response is
+  accepted only if a check actually ran and passed; a rejection recorded by the callback raises
+  :class:`ServerCertificateError` whatever ``WinHttpSendRequest`` returned.
+
+  **Unverified on real Windows:** that closing the request handle from inside the synchronous
+  SENDING_REQUEST callback cancels the send before a byte of the request is written, and whether that
+  callback also fires for a proxy's CONNECT. Only the Linux fake shows this behaviour; the post-send checks
+  above keep the outcome safe either way (a rejected or unchecked server never yields a response), but if
+  the cancel does not work, the request may already have been written to that server.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -44,7 +58,8 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from .._native._winapi import ffi
 from .._native.crypt32 import CertContext
 from .._native.winhttp import (
-    ERROR_WINHTTP_OPERATION_CANCELLED,
+    ERROR_WINHTTP_HEADER_NOT_FOUND,
+    ERROR_WINHTTP_INCORRECT_HANDLE_STATE,
     ERROR_WINHTTP_SECURE_FAILURE,
     SECURITY_FLAG_IGNORE_UNKNOWN_CA,
     WINHTTP_CALLBACK_STATUS_FLAG_SECURITY_CHANNEL_ERROR,
@@ -81,12 +96,13 @@ _REPLACED_HEADERS = frozenset({"user-agent"})
 Headers = Union[Mapping[str, str], Iterable[tuple[str, str]]]
 
 
-class CngKey(Protocol):
-    """What the client needs from the key (KeyGuardKey): an open NCRYPT_KEY_HANDLE it may borrow, and the
-    names under which the persisted key can be opened again."""
+#: ``proxy`` argument: None = the system proxy settings, False = no proxy, else an ``http://`` proxy URL.
+Proxy = Union[str, Literal[False], None]
 
-    @property
-    def native_handle(self) -> int: ...
+
+class CngKey(Protocol):
+    """What the client needs from the key (KeyGuardKey): the names under which Schannel opens the
+    persisted key."""
 
     @property
     def key_name(self) -> str: ...
@@ -168,6 +184,32 @@ def _parse_raw_headers(raw: str) -> list[tuple[str, str]]:
     return headers
 
 
+def _winhttp_proxy(proxy: str) -> str:
+    """``http://host[:port]`` (or ``host[:port]``) as WinHTTP's named-proxy string ``http://host:port``.
+
+    WinHTTP speaks only to an HTTP proxy (CONNECT for HTTPS); an ``https://``, ``socks5://``... proxy, or
+    one with credentials, a path or several entries, is a ValueError (whose message never repeats the URL,
+    which may hold a secret).
+    """
+    text = proxy.strip()
+    if not text or any(c in text for c in "\r\n\0 \t;,"):
+        raise ValueError("the proxy must be one http://host:port URL")
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    if parts.scheme.lower() != "http":
+        raise ValueError(f"the KeyGuard (WinHTTP) transport can use only an http:// proxy, not a {parts.scheme}:// one")
+    if "@" in parts.netloc:
+        raise ValueError("proxy credentials are not supported by the KeyGuard (WinHTTP) transport")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("the proxy URL must be http://host:port, without a path or query")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError("the proxy URL has an invalid port") from None
+    if not host:
+        raise ValueError("the proxy URL has no host")
+    return f"http://{f'[{host}]' if ':' in host else host}:{port or 80}"
+
+
 def _milliseconds(seconds: Optional[float], what: str) -> int:
     """WinHTTP timeouts are int milliseconds; None = no timeout (0)."""
     if seconds is None:
@@ -223,6 +265,7 @@ class _ServerCheck:
         self._store = store
         self._crypt32_path = crypt32_path
         self.rejection: Optional[str] = None
+        self.verified = False  # a check against the bundle ran after the handshake and passed
         self.failure_flags = 0
 
     def __call__(self, handle: Any, context: int, status: int, info: Any, length: int) -> None:
@@ -232,25 +275,35 @@ class _ServerCheck:
             elif status == WINHTTP_CALLBACK_STATUS_SENDING_REQUEST and self._store is not None:
                 self._check_chain()
         except BaseException as exc:
-            self.rejection = self.rejection or f"the server certificate could not be checked ({type(exc).__name__})"
-            self._request.close()
+            self._reject(f"the server certificate could not be checked ({type(exc).__name__})")
+
+    def _reject(self, reason: str) -> None:
+        if self.rejection is None:
+            self.rejection = reason
+        self.verified = False
+        self._request.close()  # the documented way to stop the request before it is sent
 
     def _check_chain(self) -> None:
         assert self._store is not None
-        with self._request.server_certificate(self._crypt32_path) as server:
+        try:
+            server = self._request.server_certificate(self._crypt32_path)
+        except WinHttpError as exc:
+            if exc.code == ERROR_WINHTTP_INCORRECT_HANDLE_STATE:
+                return  # before TLS (a proxy's CONNECT): nothing to check yet; the one after the handshake checks
+            raise
+        with server:
             leaf, sent = server.der, server.store_certificates()
         try:
             _verify_server_chain(leaf, sent, self._host, self._store)
         except (VerificationError, ValueError) as exc:
-            self.rejection = f"it does not chain to the configured CA bundle for {self._host!r} ({exc})"
-            self._request.close()  # the documented way to stop the request before it is sent
+            self._reject(f"it does not chain to the configured CA bundle for {self._host!r} ({exc})")
+            return
+        if self.rejection is None:
+            self.verified = True
 
     def translate(self, error: WinHttpError) -> WinHttpError:
-        """The error to raise for a failed send: ours when the callback rejected the server."""
-        if self.rejection is not None and error.code in (
-            ERROR_WINHTTP_OPERATION_CANCELLED,
-            ERROR_WINHTTP_SECURE_FAILURE,
-        ):
+        """The error to raise for a failed send: ours whenever the callback rejected the server."""
+        if self.rejection is not None:
             return ServerCertificateError(error.function, self.rejection)
         if error.code == ERROR_WINHTTP_SECURE_FAILURE and self.failure_flags:
             reason = secure_failure_reason(self.failure_flags)
@@ -258,6 +311,18 @@ class _ServerCheck:
                 return ServerCertificateError(error.function, reason)
             return WinHttpError(error.function, error.code, reason)
         return error
+
+    def after_send(self) -> None:
+        """``WinHttpSendRequest`` returned success: still refuse a server the callback rejected or, with a
+        CA bundle, one that was never checked."""
+        if self.rejection is not None:
+            raise ServerCertificateError("WinHttpSendRequest", self.rejection)
+        if self._store is not None and not self.verified:
+            raise ServerCertificateError(
+                "WinHttpSendRequest",
+                "could not verify the server certificate against connection_verify (the check did not run "
+                "after the TLS handshake)",
+            )
 
 
 class WinHttpResponse:
@@ -281,6 +346,14 @@ class WinHttpResponse:
     @property
     def closed(self) -> bool:
         return self._request.closed
+
+    def read1(self, limit: int = _READ_CHUNK) -> bytes:
+        """Up to ``limit`` bytes, blocking until at least one arrives; b"" at the end of the body.
+        Raises ``ValueError`` once the response is closed and :class:`WinHttpError` when reading fails."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        with self._lock:
+            return self._read_some(limit)
 
     def _read_some(self, limit: int) -> bytes:
         """Up to ``limit`` bytes, blocking until at least one arrives; b"" at the end of the body."""
@@ -356,11 +429,11 @@ class WinHttpResponse:
 
 
 class WinHttpClient:
-    """Blocking HTTPS presenting ``certificate_der`` with a CNG ``key`` (borrowed, never closed here).
+    """Blocking HTTPS presenting ``certificate_der`` with the persisted CNG ``key`` (used by name only).
 
     ``verify``: ``True`` = the machine's trusted roots; a CA bundle path = that bundle instead (see the
-    module docstring); ``False`` is refused. ``proxy``: None = the system proxy settings, else a named
-    proxy (``"host:port"`` or ``"http://host:port"``, no credentials).
+    module docstring); ``False`` is refused. ``proxy``: None = the system proxy settings, ``False`` = no
+    proxy, else an ``http://host:port`` proxy (``host:port`` too; no credentials, no other scheme).
     """
 
     def __init__(
@@ -370,7 +443,7 @@ class WinHttpClient:
         *,
         libraries: NativeLibraries,
         verify: Union[bool, str] = True,
-        proxy: Optional[str] = None,
+        proxy: Proxy = None,
         user_agent: str = "azure-msiv2-credential",
     ) -> None:
         if verify is True:
@@ -379,20 +452,20 @@ class WinHttpClient:
             self._store = Store(_load_bundle(os.fspath(verify)))
         else:
             raise ValueError("TLS verification cannot be switched off: pass verify=True or the path of a CA bundle")
-        if proxy is not None and ("@" in proxy or any(c in proxy for c in "\r\n\0")):
-            raise ValueError("proxy must be host:port or http://host:port, without credentials")
+        named_proxy = _winhttp_proxy(proxy) if isinstance(proxy, str) else None
+        if proxy is not None and proxy is not False and named_proxy is None:
+            raise ValueError("proxy must be None, False or an http://host:port URL")
         self._crypt32_path = libraries.crypt32
         self._lock = threading.Lock()
         self._connections: dict[tuple[str, int], Connection] = {}
         self._responses: weakref.WeakSet[WinHttpResponse] = weakref.WeakSet()
         self._closed = False
+        self._sending = 0  # sends in flight: close() leaves the native handles to the last of them
+        self._released = False
         self._cert = CertContext.from_der(libraries.crypt32, certificate_der)
         try:
-            # Names first, handle last: should crypt32 drop a cached key context when the names change,
-            # the handle set afterwards is still there.
             self._cert.bind_key_provider_info(key.provider_name, key.key_name)
-            self._cert.bind_ncrypt_key(key.native_handle, key)
-            self._session = Session.open(libraries.winhttp, user_agent, proxy)
+            self._session = Session.open(libraries.winhttp, user_agent, named_proxy, direct=proxy is False)
         except BaseException:
             self._cert.close()
             raise
@@ -424,10 +497,11 @@ class WinHttpClient:
         seconds, None = none: ``connect_timeout`` bounds name resolution and the TCP connect,
         ``read_timeout`` each send and each wait for response bytes (WinHTTP's per-phase timeouts).
 
-        Raises ``ValueError`` for a non-https URL or a malformed header, :class:`ServerCertificateError`
-        when the server is not trusted (nothing sent), :class:`WinHttpError` for any other failure
-        (``code`` 12002 timeout, 12007 name not resolved, 12029 cannot connect, 12030 connection error,
-        ...; ``function`` says whether it failed sending or receiving).
+        Raises ``ValueError`` for a non-https URL, a malformed header or a closed client,
+        :class:`ServerCertificateError` when the server is not trusted, :class:`WinHttpError` for any other
+        failure (``code`` 12002 timeout, 12007 name not resolved, 12029 cannot connect, 12030 connection
+        error, ...; ``function`` says whether it failed sending or receiving). A send already in flight when
+        another thread closes the client completes, and its response is the caller's to close.
         """
         target = _parse_url(url)
         if not method or not method.isascii() or not method.isalpha():
@@ -437,7 +511,26 @@ class WinHttpClient:
         connect_ms = _milliseconds(connect_timeout, "connect_timeout")
         read_ms = _milliseconds(read_timeout, "read_timeout")
 
-        request = self._connection(target.host, target.port).open_request(method.upper(), target.path)
+        with self._lock:
+            if self._closed:
+                raise ValueError("the WinHttpClient is closed")
+            self._sending += 1
+        try:
+            return self._send(method.upper(), target, header_block, replacing, payload, connect_ms, read_ms)
+        finally:
+            self._end_send()
+
+    def _send(  # noqa: PLR0917
+        self,
+        method: str,
+        target: _Target,
+        header_block: str,
+        replacing: str,
+        payload: Optional[bytes],
+        connect_ms: int,
+        read_ms: int,
+    ) -> WinHttpResponse:
+        request = self._connection(target.host, target.port).open_request(method, target.path)
         try:
             # resolve and connect share the connect budget; send and receive the read budget
             request.set_timeouts(connect_ms, connect_ms, read_ms, read_ms)
@@ -451,9 +544,11 @@ class WinHttpClient:
             check = _ServerCheck(request, target.host, self._store, self._crypt32_path)
             notifications = WINHTTP_CALLBACK_STATUS_SECURE_FAILURE
             if self._store is not None:
-                request.set_dword_option(WINHTTP_OPTION_SECURITY_FLAGS, SECURITY_FLAG_IGNORE_UNKNOWN_CA)
                 notifications |= WINHTTP_CALLBACK_STATUS_SENDING_REQUEST
             request.set_status_callback(check, notifications)
+            if self._store is not None:
+                # Only now that our own check is installed may WinHTTP stop insisting on a machine root.
+                request.set_dword_option(WINHTTP_OPTION_SECURITY_FLAGS, SECURITY_FLAG_IGNORE_UNKNOWN_CA)
             try:
                 request.send(header_block, payload)
             except WinHttpError as exc:
@@ -461,9 +556,15 @@ class WinHttpClient:
                 if translated is exc:
                     raise
                 raise translated from exc
+            check.after_send()
             request.receive_response()
             status = request.query_status_code()
-            reason = request.query_header_text(WINHTTP_QUERY_STATUS_TEXT)
+            try:
+                reason = request.query_header_text(WINHTTP_QUERY_STATUS_TEXT)
+            except WinHttpError as exc:
+                if exc.code != ERROR_WINHTTP_HEADER_NOT_FOUND:  # none, e.g. over HTTP/2
+                    raise
+                reason = ""
             headers_out = _parse_raw_headers(request.query_header_text(WINHTTP_QUERY_RAW_HEADERS_CRLF))
             response = WinHttpResponse(request, status, reason, headers_out, self)
         except BaseException:
@@ -473,22 +574,46 @@ class WinHttpClient:
             self._responses.add(response)
         return response
 
+    def _end_send(self) -> None:
+        with self._lock:
+            self._sending -= 1
+            release = self._closed and self._sending == 0 and not self._released
+            if release:
+                self._released = True
+        if release:
+            self._release()
+
     def _forget(self, response: WinHttpResponse) -> None:
         with self._lock:
             self._responses.discard(response)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Close open responses, connections, the session and the certificate context (not the key)."""
+        """Close open responses now; the connections, the session and the certificate context (never the key)
+        now too, or, while sends are in flight on other threads, when the last of them returns."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             responses = list(self._responses)
-            connections = list(self._connections.values())
-            self._connections.clear()
+            release = self._sending == 0
+            if release:
+                self._released = True
         try:
             for response in responses:
                 response.close()
+        finally:
+            if release:
+                self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
+        try:
             for connection in connections:
                 connection.close()
             self._session.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .._toolchain import skip_or_fail
 from . import layoutgen
 
 COMPILERS = {"x86_64": "x86_64-w64-mingw32-gcc", "i686": "i686-w64-mingw32-gcc"}
@@ -17,7 +18,7 @@ def _compile(arch: str, sources: dict[str, str], tmp_path: Path) -> str:
     """Compile every unit; returns the diagnostics of the failing ones ("" when all compile)."""
     cc = shutil.which(COMPILERS[arch])
     if cc is None:
-        pytest.skip(f"{COMPILERS[arch]} not installed (Debian: gcc-mingw-w64)")
+        skip_or_fail(f"{COMPILERS[arch]} not installed (Debian: gcc-mingw-w64)")
     errors = []
     for name, source in sources.items():
         path = tmp_path / f"{arch}-{name}"
@@ -72,3 +73,17 @@ def test_the_check_catches_mistakes(arch: str, old: str, new: str, diagnostic: s
     source = layoutgen.generate(cdef.replace(old, new, 1))[unit]
     errors = _compile(arch, {unit: source}, tmp_path)
     assert diagnostic in errors
+
+
+def test_build_refuses_a_missing_header(tmp_path: Path) -> None:
+    """A listed cdef header that is missing must stop the build, not silently drop a DLL's declarations."""
+    import runpy
+
+    build = runpy.run_path(str(layoutgen.ROOT / "cffi_build" / "build.py"))
+    here = Path(build["HERE"])
+    for name in build["HEADERS"]:
+        (tmp_path / name).write_text((here / name).read_text(encoding="utf-8"), encoding="utf-8")
+    assert build["cdef_source"](tmp_path) == build["cdef_source"]()
+    (tmp_path / "winhttp.h").unlink()
+    with pytest.raises(FileNotFoundError, match=r"winhttp\.h"):
+        build["cdef_source"](tmp_path)

@@ -31,7 +31,7 @@ LIBS = ["-lssl", "-lcrypto", "-lpthread"]
 _CDEF = re.compile(r"BEGIN PYTHON CDEF(.*?)END PYTHON CDEF", re.S)
 _RESET = re.compile(r"\b(Fake\w*_Reset)\s*\(")
 _ATTESTATION_MODES = {"ok": 0, "fail": 1, "empty": 2, "http_fail": 3, "null": 4}
-_VBS_OFF_REFUSE, _VBS_ON, _VBS_OFF_SILENT = 0, 1, 2
+_VBS_OFF_REFUSE, _VBS_ON, _VBS_OFF_SILENT, _VBS_OFF_NOT_SUPPORTED = 0, 1, 2, 3
 
 
 class FakesUnavailable(Exception):
@@ -133,10 +133,34 @@ class FakeWin:
         for reset in self._resets:
             reset()
 
-    def set_vbs(self, on: bool, *, silently: bool = False) -> None:
-        """VBS off: finalizing an isolated key fails with NTE_NOT_SUPPORTED, or (``silently``) succeeds
-        with ``"Virtual Iso"`` reading 0."""
-        self.ctl.FakeNCrypt_SetVbs(_VBS_ON if on else _VBS_OFF_SILENT if silently else _VBS_OFF_REFUSE)
+    def set_vbs(self, on: bool, *, silently: bool = False, not_supported: bool = False) -> None:
+        """VBS off: finalizing an isolated key fails with 0x80890014 (what Windows returns when VBS key
+        isolation is unavailable), with NTE_NOT_SUPPORTED (``not_supported``: a Windows that does not know
+        the flag), or (``silently``) succeeds with ``"Virtual Iso"`` reading 0."""
+        if on:
+            mode = _VBS_ON
+        elif silently:
+            mode = _VBS_OFF_SILENT
+        else:
+            mode = _VBS_OFF_NOT_SUPPORTED if not_supported else _VBS_OFF_REFUSE
+        self.ctl.FakeNCrypt_SetVbs(mode)
+
+    def set_virtual_iso_size(self, size: int) -> None:
+        """``"Virtual Iso"`` reads as ``size`` bytes (default 4), the isolation flag in the first byte."""
+        self.ctl.FakeNCrypt_SetVirtualIsoSize(size)
+
+    def prop78_sets(self) -> int:
+        """How many times CERT_NCRYPT_KEY_HANDLE_PROP_ID was set on any context since the last reset."""
+        return int(self.ctl.FakeCrypt32_Prop78Sets())
+
+    def set_pre_tls_notify(self, mode: int) -> None:
+        """Proxied requests: 1 = SENDING_REQUEST also fires once before the CONNECT tunnel (no TLS yet);
+        2 = it fires only then, never after the handshake; 0 = only after the handshake (default)."""
+        self.ctl.FakeWinHttp_SetPreTlsNotify(mode)
+
+    def last_access_type(self) -> int:
+        """``dwAccessType`` of the latest ``WinHttpOpen`` (-1 = none since the reset)."""
+        return int(self.ctl.FakeWinHttp_LastAccessType())
 
     def reboot(self) -> None:
         """Per-boot keys stay in the store but go stale: open works, signing fails with NTE_BAD_KEYSET."""

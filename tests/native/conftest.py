@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .._toolchain import skip_or_fail
 from ._fakes import FakesUnavailable, FakeWin
 
 
@@ -16,7 +17,7 @@ def fakewin() -> FakeWin:
     try:
         return FakeWin.load()
     except FakesUnavailable as exc:
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
 
 
 @pytest.fixture(autouse=True)

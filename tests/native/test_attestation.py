@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -156,3 +158,51 @@ def test_fake_requires_the_log_callback(fakewin: FakeWin) -> None:
     assert lib.InitAttestationLib(ffi.NULL) != 0
     assert lib.InitAttestationLib(ffi.new("AttestationLogInfo *")) != 0
     assert fakewin.attest_ctl.FakeAttest_Initialized() == 0
+
+
+def test_closing_the_key_waits_for_an_attestation_in_flight(fakewin: FakeWin) -> None:
+    """The library uses the key handle during the call: closing the key meanwhile must not free it."""
+    fakewin.attest_ctl.FakeAttest_SetDelayMs(300)  # the fake reads the key after the delay
+    provider = KeyGuardKeyProvider(libraries=fakewin.libraries)
+    key = provider.get_key()
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(NativeAttestor().attest(ENDPOINT, key, CLIENT_ID))
+        except BaseException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while fakewin.attest_ctl.FakeAttest_Initialized() == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)  # wait until the native call is in progress
+    provider.close()
+    thread.join()
+    assert len(results) == 1 and isinstance(results[0], str), results
+    assert "keyguard_spki_sha256" in _claims(results[0])
+    with pytest.raises(MsiV2Error) as info:  # and once it is over, the key is closed for good
+        NativeAttestor().attest(ENDPOINT, key, CLIENT_ID)
+    assert info.value.error_code == ErrorCode.KEY_ERROR
+
+
+def test_log_callback_is_made_on_first_use_not_at_import() -> None:
+    """Making a cffi callback needs executable memory, which hardened hosts may refuse: importing the
+    package must not depend on it."""
+    code = (
+        "import azure_msiv2_credential._native.attestation as a, azure_msiv2_credential._native.winhttp as w\n"
+        "assert a._log_callback == [], a._log_callback\n"
+        "assert w._status_dispatch._trampoline is None\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_log_callback_is_made_once(fakewin: FakeWin, key: KeyGuardKey) -> None:
+    from azure_msiv2_credential._native import attestation as native
+
+    NativeAttestor().attest(ENDPOINT, key, CLIENT_ID)
+    made = list(native._log_callback)
+    NativeAttestor().attest(ENDPOINT, key, CLIENT_ID)
+    assert len(made) == 1 and native._log_callback == made

@@ -1,11 +1,12 @@
-"""CertContext against the fake crypt32.dll: creation, property 78 ownership, property 2 (the key by name),
-two-pass reads, leak-free."""
+"""CertContext against the fake crypt32.dll: creation, property 2 (the key by name), two-pass reads,
+leak-free; and the fake's property 78, which takes ownership of the key handle as Windows does (the reason
+the bindings never set it)."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from cryptography import x509
@@ -13,8 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import NameOID
 
+from azure_msiv2_credential._errors import MsiV2Error
 from azure_msiv2_credential._native import NativeError
 from azure_msiv2_credential._native import crypt32 as c32
+from azure_msiv2_credential._native import ncrypt as nc
 from azure_msiv2_credential._native._loader import last_error
 from azure_msiv2_credential._native._winapi import ffi
 from azure_msiv2_credential._native.crypt32 import CertContext, Crypt32Error, KeyProvInfo
@@ -78,38 +81,102 @@ def test_garbage_der_is_refused(fakewin: FakeWin) -> None:
     assert info.value.code == c32.CRYPT_E_ASN1_BADTAG
 
 
-def test_property_78_binds_the_key(fakewin: FakeWin, key: KeyGuardKey, cert_der: bytes) -> None:
-    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
-        ctx.bind_ncrypt_key(key.native_handle, key)
-        assert ctx.ncrypt_key_handle() == key.native_handle
-        raw = ctx.get_property(c32.CERT_NCRYPT_KEY_HANDLE_PROP_ID)
-        assert raw is not None and len(raw) == 8  # two-pass read of a ULONG_PTR
+# ---- CERT_NCRYPT_KEY_HANDLE_PROP_ID in the fake: ownership moves to the context ---------------------
+
+CERT_STORE_NO_CRYPT_RELEASE_FLAG = 0x1
 
 
-def test_freeing_the_context_does_not_free_the_key(fakewin: FakeWin, key: KeyGuardKey, cert_der: bytes) -> None:
-    """CERT_NCRYPT_KEY_HANDLE_PROP_ID borrows the handle: the key object stays its only owner."""
-    keys_before = int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key"))
-    bad_before = fakewin.bad_frees()
+def _keys(fakewin: FakeWin) -> int:
+    return int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key"))
+
+
+@pytest.fixture
+def own_handles(fakewin: FakeWin, key: KeyGuardKey) -> Iterator[Any]:
+    """Opens extra handles to the KeyGuard key (each the test's until handed to a context)."""
+    api = nc.NCrypt(fakewin.libraries.ncrypt)
+    provider = api.open_storage_provider()
+    opened: list[nc.NCryptHandle] = []
+
+    def open_handle() -> nc.NCryptHandle:
+        opened.append(api.open_key(provider, key.key_name))
+        return opened[-1]
+
+    yield open_handle
+    for handle in opened:
+        handle.close()  # only those never handed over are still ours
+    provider.close()
+
+
+def _set_78(ctx: CertContext, handle: Optional[int], flags: int = 0) -> None:
+    value = ffi.new("uintptr_t *", handle) if handle is not None else ffi.NULL
+    assert ctx._lib.CertSetCertificateContextProperty(ctx.ptr, c32.CERT_NCRYPT_KEY_HANDLE_PROP_ID, flags, value)
+
+
+def test_property_78_takes_the_handle_and_frees_it_with_the_context(
+    fakewin: FakeWin, cert_der: bytes, own_handles: Any
+) -> None:
+    """As on Windows: setting 78 hands the handle over; the context's final free releases it."""
+    handle = own_handles()
+    before = _keys(fakewin)
     ctx = CertContext.from_der(fakewin.libraries.crypt32, cert_der)
-    ctx.bind_ncrypt_key(key.native_handle, key)
+    _set_78(ctx, handle.value)
+    raw_value = handle.detach()  # the context owns it now
+    assert ctx.ncrypt_key_handle() == raw_value
+    raw = ctx.get_property(c32.CERT_NCRYPT_KEY_HANDLE_PROP_ID)
+    assert raw is not None and len(raw) == 8  # two-pass read of a ULONG_PTR
+    dup = CertContext(ctx._lib, ctx._lib.CertDuplicateCertificateContext(ctx.ptr))
     ctx.close()
-    assert int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key")) == keys_before
-    signature = key.sign_pss_sha256(b"still usable")
-    key.public_key().verify(signature, b"still usable", PSS, hashes.SHA256())
-    assert fakewin.bad_frees() == bad_before  # and closing the key later is not a double free
+    assert _keys(fakewin) == before  # a reference is left: the handle lives on
+    dup.close()  # the final free releases the handle
+    assert _keys(fakewin) == before - 1
+    assert fakewin.prop78_sets() == 1
 
 
-def test_context_keeps_the_key_owner_alive(fakewin: FakeWin, key: KeyGuardKey, cert_der: bytes) -> None:
+def test_property_78_frees_a_replaced_or_deleted_handle(fakewin: FakeWin, cert_der: bytes, own_handles: Any) -> None:
+    first, second = own_handles(), own_handles()
+    before = _keys(fakewin)
     with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
-        owner = object()
-        ctx.bind_ncrypt_key(key.native_handle, owner)
-        assert ctx._key_owner is owner
-    assert ctx._key_owner is None
+        _set_78(ctx, first.value)
+        first.detach()
+        _set_78(ctx, second.value)  # replaced: the first handle is released
+        second.detach()
+        assert _keys(fakewin) == before - 1
+        assert ctx.ncrypt_key_handle() is not None
+        _set_78(ctx, None)  # pvData NULL deletes the property and releases the second
+        assert _keys(fakewin) == before - 2
+        assert ctx.ncrypt_key_handle() is None
 
 
-def test_bind_refuses_a_null_handle(fakewin: FakeWin, cert_der: bytes) -> None:
-    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx, pytest.raises(ValueError):
-        ctx.bind_ncrypt_key(0, object())
+def test_property_78_with_no_crypt_release_stays_the_callers(
+    fakewin: FakeWin, cert_der: bytes, own_handles: Any
+) -> None:
+    handle = own_handles()
+    before = _keys(fakewin)
+    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
+        _set_78(ctx, handle.value, CERT_STORE_NO_CRYPT_RELEASE_FLAG)
+    assert _keys(fakewin) == before  # the fixture closes it: no double free
+
+
+def test_attaching_a_keys_own_handle_would_free_it(fakewin: FakeWin, cert_der: bytes) -> None:
+    """The bug property 78 would cause: the key object's handle dies with the context."""
+    with KeyGuardKeyProvider(libraries=fakewin.libraries) as provider:
+        key = provider.get_key()
+        ctx = CertContext.from_der(fakewin.libraries.crypt32, cert_der)
+        _set_78(ctx, key.native_handle)
+        ctx.close()
+        with pytest.raises(MsiV2Error) as info:
+            key.sign_pss_sha256(b"the handle is gone")
+        assert "NTE_INVALID_HANDLE" in str(info.value)
+        key._handle.detach()  # already freed by crypt32: do not free it twice
+
+
+def test_the_key_object_is_not_referenced_by_the_context(key: KeyGuardKey, cert_der: bytes) -> None:
+    ctx = CertContext.from_der(key.libraries.crypt32, cert_der)
+    with ctx:
+        ctx.bind_key_provider_info(key.provider_name, key.key_name)
+        assert not hasattr(ctx, "bind_ncrypt_key")
+        assert not hasattr(ctx, "_key_owner")
+    key.public_key().verify(key.sign_pss_sha256(b"still usable"), b"still usable", PSS, hashes.SHA256())
 
 
 def test_duplicate_is_reference_counted(fakewin: FakeWin, cert_der: bytes) -> None:
@@ -156,12 +223,13 @@ def test_property_2_round_trip(fakewin: FakeWin, key: KeyGuardKey, cert_der: byt
             container_name=key.key_name,
             provider_name=key.provider_name,
             provider_type=c32.KEY_PROV_TYPE_CNG,
-            flags=0,
+            flags=c32.NCRYPT_SILENT_FLAG,  # opened by name without any UI
             key_spec=c32.KEY_SPEC_NONE,
             param_count=0,
         )
         assert info is not None and info.key_spec != c32.CERT_NCRYPT_KEY_SPEC
         assert ctx.ncrypt_key_handle() is None  # the names do not attach a handle
+        assert fakewin.prop78_sets() == 0
         # two-pass read: the structure, then both strings (NUL-terminated UTF-16) after it
         raw = ctx.get_property(c32.CERT_KEY_PROV_INFO_PROP_ID)
         strings = 2 * (len(key.key_name) + 1) + 2 * (len(key.provider_name) + 1)
@@ -174,15 +242,6 @@ def test_property_2_non_ascii_names(fakewin: FakeWin, cert_der: bytes) -> None:
         info = ctx.key_provider_info()
         assert info is not None
         assert (info.provider_name, info.container_name) == ("Ünïcode KSP", "ключ-\U0001f511")
-
-
-def test_both_properties_live_side_by_side(fakewin: FakeWin, key: KeyGuardKey, cert_der: bytes) -> None:
-    with CertContext.from_der(fakewin.libraries.crypt32, cert_der) as ctx:
-        ctx.bind_key_provider_info(key.provider_name, key.key_name)
-        ctx.bind_ncrypt_key(key.native_handle, key)
-        info = ctx.key_provider_info()
-        assert info is not None and info.container_name == key.key_name
-        assert ctx.ncrypt_key_handle() == key.native_handle
 
 
 def test_property_2_is_copied_by_crypt32(fakewin: FakeWin, cert_der: bytes) -> None:

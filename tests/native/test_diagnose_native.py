@@ -36,8 +36,9 @@ def test_vbs_off(emulator: Emulator, fakewin: FakeWin) -> None:
     fakewin.set_vbs(False)
     with KeyGuardKeyProvider(libraries=fakewin.libraries) as provider:
         plain = diagnose(key_provider=provider)
-        attested = diagnose(key_provider=provider, with_attestation_support=True,
-                            attestation_library=fakewin.libraries.attestation)
+        attested = diagnose(
+            key_provider=provider, with_attestation_support=True, attestation_library=fakewin.libraries.attestation
+        )
     # Without attestation a software-strength fallback is not what the provider offers: KeyGuard failing is
     # a warning for the plain options and a failure when attestation needs it.
     assert _check(plain, "keyguard").status == "warn"
@@ -51,10 +52,14 @@ def test_vbs_off(emulator: Emulator, fakewin: FakeWin) -> None:
 def test_attestation_library_missing(emulator: Emulator, fakewin: FakeWin, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("AZURE_MSIV2_ATTESTATION_LIB", raising=False)
     with KeyGuardKeyProvider(libraries=fakewin.libraries) as provider:
-        report = diagnose(key_provider=provider, with_attestation_support=True,
-                          attestation_library=str(tmp_path / "AttestationClientLib.dll"))
-        relative = diagnose(key_provider=provider, with_attestation_support=True,
-                            attestation_library="AttestationClientLib.dll")
+        report = diagnose(
+            key_provider=provider,
+            with_attestation_support=True,
+            attestation_library=str(tmp_path / "AttestationClientLib.dll"),
+        )
+        relative = diagnose(
+            key_provider=provider, with_attestation_support=True, attestation_library="AttestationClientLib.dll"
+        )
     missing = _check(report, "attestation_library")
     assert missing.status == "fail" and "AZURE_MSIV2_ATTESTATION_LIB" in (missing.fix or "")
     assert not report.usable

@@ -96,13 +96,43 @@ def test_threads_share_one_key(fakewin: FakeWin) -> None:
             p.close()
 
 
-def test_no_vbs_is_keyguard_unavailable(fakewin: FakeWin) -> None:
-    fakewin.set_vbs(False)
+@pytest.mark.parametrize(
+    ("not_supported", "status"),
+    [
+        (False, "NTE_VBS_UNAVAILABLE (0x80890014)"),  # what Windows returns when VBS key isolation is off
+        (True, "NTE_NOT_SUPPORTED (0x80090029)"),  # a Windows that does not know the flag
+    ],
+)
+def test_no_vbs_is_keyguard_unavailable(fakewin: FakeWin, not_supported: bool, status: str) -> None:
+    fakewin.set_vbs(False, not_supported=not_supported)
     with KeyGuardKeyProvider(libraries=fakewin.libraries) as prov, pytest.raises(MsiV2Error) as info:
         prov.get_key()
     assert info.value.error_code == ErrorCode.KEYGUARD_UNAVAILABLE
-    assert "NTE_NOT_SUPPORTED" in str(info.value)
+    assert status in str(info.value)
     assert "Trusted Launch" in str(info.value) and "VBS" in str(info.value)
+    assert fakewin.stored_keys() == 0
+
+
+@pytest.mark.parametrize("size", [1, 8])
+def test_virtual_iso_of_another_size_still_counts(fakewin: FakeWin, size: int) -> None:
+    """ "Virtual Iso" is read as "non-empty with a non-zero byte": a value that is not a DWORD never makes a
+    working key look non-isolated (which would delete it, and then report KeyGuard unavailable)."""
+    fakewin.set_virtual_iso_size(size)
+    with KeyGuardKeyProvider(libraries=fakewin.libraries) as first:
+        key = first.get_key()
+        with KeyGuardKeyProvider(libraries=fakewin.libraries) as second:  # opens the existing key
+            assert second.get_key().public_key() == key.public_key()
+    assert fakewin.calls("NCryptCreatePersistedKey") == 1
+    assert fakewin.calls("NCryptDeleteKey") == 0
+    assert fakewin.stored_keys() == 1
+
+
+def test_zero_virtual_iso_of_another_size_is_not_isolated(fakewin: FakeWin) -> None:
+    fakewin.set_virtual_iso_size(8)
+    fakewin.set_vbs(False, silently=True)
+    with KeyGuardKeyProvider(libraries=fakewin.libraries) as prov, pytest.raises(MsiV2Error) as info:
+        prov.get_key()
+    assert info.value.error_code == ErrorCode.KEYGUARD_UNAVAILABLE
     assert fakewin.stored_keys() == 0
 
 
@@ -223,3 +253,61 @@ def test_key_keeps_its_provider_handle_open(fakewin: FakeWin) -> None:
         assert fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.provider") == 1
         assert fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key") == 1
     assert fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.provider") == 0
+
+
+# ---- borrow(): the handle stays open while a native call uses it -----------------------------------------
+
+
+def _keys_open(fakewin: FakeWin) -> int:
+    return int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key"))
+
+
+def test_close_during_a_borrow_frees_the_handles_when_it_ends(fakewin: FakeWin) -> None:
+    prov = KeyGuardKeyProvider(libraries=fakewin.libraries)
+    key = prov.get_key()
+    keys_open = _keys_open(fakewin)
+    with key.borrow() as handle:
+        assert handle == key.native_handle
+        with key.borrow() as again:  # borrows nest and overlap
+            assert again == handle
+        prov.close()  # e.g. from another thread: returns at once, frees nothing yet
+        assert key.closed
+        assert _keys_open(fakewin) == keys_open
+        assert fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.provider") == 1
+        with pytest.raises(MsiV2Error) as info, key.borrow():
+            pass
+        assert info.value.error_code == ErrorCode.KEY_ERROR
+        with pytest.raises(MsiV2Error):
+            key.sign_pss_sha256(b"refused once closing")
+    assert _keys_open(fakewin) == keys_open - 1  # the last borrower freed them
+    assert fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.provider") == 0
+    key.close()  # idempotent: nothing is freed twice
+
+
+def test_signing_threads_and_a_concurrent_close(fakewin: FakeWin) -> None:
+    """Signatures in flight finish on an open handle; later ones are refused; nothing is freed twice."""
+    prov = KeyGuardKeyProvider(libraries=fakewin.libraries)
+    key = prov.get_key()
+    start = threading.Barrier(5)
+    outcomes: list[str] = []
+
+    def sign() -> None:
+        start.wait()
+        for _ in range(20):
+            try:
+                key.public_key().verify(key.sign_pss_sha256(b"x"), b"x", PSS, hashes.SHA256())
+                outcomes.append("signed")
+            except MsiV2Error as exc:
+                assert exc.error_code == ErrorCode.KEY_ERROR
+                assert "closed" in str(exc)
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=sign) for _ in range(4)]
+    for t in threads:
+        t.start()
+    start.wait()
+    prov.close()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 80
+    assert set(outcomes) <= {"signed", "refused"}

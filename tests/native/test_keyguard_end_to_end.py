@@ -26,13 +26,16 @@ def keyguard_host(emulator: Emulator, fakewin: FakeWin, monkeypatch: pytest.Monk
 @contextmanager
 def _credential(emu: Emulator, fakewin: FakeWin, **options: object) -> Iterator[MsiV2ManagedIdentityCredential]:
     """A KeyGuard credential; the caller's provider is the caller's to close (after the credential)."""
-    with KeyGuardKeyProvider(libraries=fakewin.libraries) as provider, MsiV2ManagedIdentityCredential(
-        mtls_proof_of_possession=True,
-        key_provider=provider,
-        connection_verify=emu.ca_bundle_path,
-        _sleep=lambda _: None,
-        **options,  # type: ignore[arg-type]
-    ) as credential:
+    with (
+        KeyGuardKeyProvider(libraries=fakewin.libraries) as provider,
+        MsiV2ManagedIdentityCredential(
+            mtls_proof_of_possession=True,
+            key_provider=provider,
+            connection_verify=emu.ca_bundle_path,
+            _sleep=lambda _: None,
+            **options,  # type: ignore[arg-type]
+        ) as credential,
+    ):
         yield credential
 
 

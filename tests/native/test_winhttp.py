@@ -1,5 +1,5 @@
 """WinHttpClient against the fake winhttp.dll: real TLS over loopback, client auth with the fake KeyGuard key
-(attached by handle, by name, or both).
+(attached by name: CERT_KEY_PROV_INFO_PROP_ID, never by handle).
 
 The test server is Python's ``ssl`` + ``http.server`` requiring a client certificate issued by the test
 root. The client certificate is issued for the fake KeyGuard key's public key, so a completed handshake
@@ -9,6 +9,7 @@ trusted roots.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -27,7 +28,7 @@ from typing import Any, Optional
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from azure_msiv2_credential._native import crypt32 as c32
@@ -35,6 +36,7 @@ from azure_msiv2_credential._native import winhttp as wh
 from azure_msiv2_credential._native._winapi import ffi
 from azure_msiv2_credential._native.crypt32 import CertContext
 from azure_msiv2_credential.keys.keyguard import KeyGuardKey, KeyGuardKeyProvider
+from azure_msiv2_credential.transport import _winhttp as wh_client
 from azure_msiv2_credential.transport._winhttp import (
     ServerCertificateError,
     WinHttpClient,
@@ -45,6 +47,7 @@ from azure_msiv2_credential.transport._winhttp import (
 from ._fakes import FakeWin
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 ROOTS_ENV = "FAKE_WINHTTP_TRUSTED_CA_FILE"
 
 
@@ -220,6 +223,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/slow":
             time.sleep(3)
             self._reply(200, b"late")
+        elif self.path == "/pause":
+            time.sleep(0.5)
+            self._reply(200, b"after a pause")
+        elif self.path == "/no-reason":
+            self.send_response(200, "")  # "HTTP/1.1 200 " + CRLF: no reason phrase, as over HTTP/2
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
         elif self.path == "/truncated":
             self.send_response(200)
             self.send_header("Content-Length", "100")
@@ -533,44 +544,71 @@ def test_ca_bundle_directory(
         assert response.status == 200
 
 
-def test_named_proxy_tunnels_with_connect(
-    client_der: bytes, key: KeyGuardKey, fakewin: FakeWin, server: Server, machine_trusts_root: None
-) -> None:
+@dataclass
+class TunnelProxy:
+    url: str
+    tunnels: list[str]
+
+
+@pytest.fixture
+def tunnel_proxy() -> Iterator[TunnelProxy]:
+    """An HTTP proxy that serves CONNECT tunnels to 127.0.0.1 (one at a time)."""
     tunnels: list[str] = []
     listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve() -> None:
-        conn, _ = listener.accept()
+    def relay(conn: socket.socket) -> None:
         with conn:
             head = b""
             while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
             target = head.split()[1].decode()
             tunnels.append(target)
             _host, port = target.rsplit(":", 1)
             with socket.create_connection(("127.0.0.1", int(port))) as upstream:
                 conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 pair = {conn: upstream, upstream: conn}
-                while True:
-                    ready, _, _ = select.select(list(pair), [], [], 5)
-                    if not ready:
-                        return
-                    for s in ready:
-                        data = s.recv(65536)
-                        if not data:
+                with contextlib.suppress(OSError):  # a refused or cancelled request resets the tunnel
+                    while True:
+                        ready, _, _ = select.select(list(pair), [], [], 5)
+                        if not ready:
                             return
-                        pair[s].sendall(data)
+                        for s in ready:
+                            data = s.recv(65536)
+                            if not data:
+                                return
+                            pair[s].sendall(data)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=relay, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
     try:
-        client = WinHttpClient(client_der, key, libraries=fakewin.libraries, proxy=proxy)
-        with client, client.send("GET", server.url("/whoami"), {}) as response:
-            assert response.read() == client_der
+        yield TunnelProxy(f"http://127.0.0.1:{listener.getsockname()[1]}", tunnels)
     finally:
         listener.close()
-    assert tunnels == [f"localhost:{server.port}"]
+
+
+def test_named_proxy_tunnels_with_connect(
+    client_der: bytes,
+    key: KeyGuardKey,
+    fakewin: FakeWin,
+    server: Server,
+    machine_trusts_root: None,
+    tunnel_proxy: TunnelProxy,
+) -> None:
+    client = WinHttpClient(client_der, key, libraries=fakewin.libraries, proxy=tunnel_proxy.url)
+    assert fakewin.last_access_type() == wh.WINHTTP_ACCESS_TYPE_NAMED_PROXY
+    with client, client.send("GET", server.url("/whoami"), {}) as response:
+        assert response.read() == client_der
+    assert tunnel_proxy.tunnels == [f"localhost:{server.port}"]
 
 
 def test_refused_inputs(fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, client: WinHttpClient) -> None:
@@ -620,7 +658,7 @@ def test_client_certificate_reference_is_released(
         assert fakewin.ctl.FakeCrypt32_RefCount(cert.ptr) == 2  # WinHTTP holds its own reference
         response.close()
         assert fakewin.ctl.FakeCrypt32_RefCount(cert.ptr) == 1
-        assert cert.ncrypt_key_handle() == key.native_handle
+        assert cert.ncrypt_key_handle() is None
     assert cert.closed
     key.sign_pss_sha256(b"the key outlives the client")
 
@@ -675,7 +713,7 @@ def test_native_cancel_from_sending_request_callback(
         session = stack.enter_context(wh.Session.open(libs.winhttp, "test"))
         connection = stack.enter_context(session.connect("localhost", server.port))
         request = stack.enter_context(connection.open_request("GET", "/hello"))
-        cert.bind_ncrypt_key(key.native_handle, key)
+        cert.bind_key_provider_info(key.provider_name, key.key_name)
         request.set_client_certificate(cert)
 
         def on_status(handle: Any, context: int, status: int, info: Any, length: int) -> None:
@@ -711,17 +749,11 @@ def test_native_handle_states(fakewin: FakeWin, server: Server) -> None:
     assert repr(request) == "Request(closed)"
 
 
-# ---- the key found by name (CERT_KEY_PROV_INFO_PROP_ID) -------------------------------------------
+# ---- the key found by name (CERT_KEY_PROV_INFO_PROP_ID), never attached by handle ----------------------
 
 
 def _keys_open(fakewin: FakeWin) -> int:
     return int(fakewin.ctl.FakeWin_LiveHandlesOfKind(b"ncrypt.key"))
-
-
-def _drop_key_handle(cert: CertContext) -> None:
-    """Delete CERT_NCRYPT_KEY_HANDLE_PROP_ID (pvData NULL deletes a property): only the names are left."""
-    assert cert._lib.CertSetCertificateContextProperty(cert.ptr, c32.CERT_NCRYPT_KEY_HANDLE_PROP_ID, 0, ffi.NULL)
-    assert cert.ncrypt_key_handle() is None
 
 
 def _set_prov_info(cert: CertContext, provider: str, name: str, key_spec: int) -> None:
@@ -731,37 +763,48 @@ def _set_prov_info(cert: CertContext, provider: str, name: str, key_spec: int) -
     assert cert._lib.CertSetCertificateContextProperty(cert.ptr, c32.CERT_KEY_PROV_INFO_PROP_ID, 0, info)
 
 
-def test_client_binds_the_key_by_handle_and_by_name(
+def test_client_binds_the_key_by_name_only(
     fakewin: FakeWin, client: WinHttpClient, key: KeyGuardKey, client_der: bytes, server: Server
 ) -> None:
+    """Property 78 would hand the key's handle to the context (the fake frees it, as Windows does): never set."""
     cert: CertContext = client._cert
-    assert cert.ncrypt_key_handle() == key.native_handle
+    assert cert.ncrypt_key_handle() is None
     info = cert.key_provider_info()
     assert info is not None
     assert (info.provider_name, info.container_name) == (key.provider_name, key.key_name)
-    assert (info.provider_type, info.flags, info.key_spec, info.param_count) == (0, 0, 0, 0)
-    opens = fakewin.calls("NCryptOpenKey")
-    with client.send("GET", server.url("/whoami"), {}) as response:
-        assert response.read() == client_der
-    assert fakewin.calls("NCryptOpenKey") == opens  # with both set, the handle is used: no lookup by name
-
-
-def test_handshake_with_only_property_2(
-    fakewin: FakeWin, client: WinHttpClient, key: KeyGuardKey, client_der: bytes, server: Server
-) -> None:
-    """The names alone are enough: the key is opened by name for the handshake and released after it."""
-    _drop_key_handle(client._cert)
+    assert (info.provider_type, info.flags, info.key_spec, info.param_count) == (0, c32.NCRYPT_SILENT_FLAG, 0, 0)
     opens, keys_open = fakewin.calls("NCryptOpenKey"), _keys_open(fakewin)
     with client.send("GET", server.url("/whoami"), {}) as response:
         assert response.status == 200
         assert response.read() == client_der  # the server verified a handshake signed by the KeyGuard key
         assert _keys_open(fakewin) == keys_open  # the key opened by name is already released
-    assert fakewin.calls("NCryptOpenKey") == opens + 1
+    assert fakewin.calls("NCryptOpenKey") == opens + 1  # opened by name for the handshake
     assert server.seen[0].client_der == client_der
+    assert fakewin.prop78_sets() == 0
+
+
+def test_closing_a_client_leaves_the_key_usable(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, server: Server, machine_trusts_root: None
+) -> None:
+    """Every rotation or retire closes a client: the shared per-boot key handle must survive it."""
+    keys_open = _keys_open(fakewin)
+    first = WinHttpClient(client_der, key, libraries=fakewin.libraries)
+    second = WinHttpClient(client_der, key, libraries=fakewin.libraries)
+    with second:
+        for client in (first, second):
+            with client.send("GET", server.url("/whoami"), {}) as response:
+                assert response.read() == client_der
+        first.close()
+        assert _keys_open(fakewin) == keys_open
+        key.public_key().verify(key.sign_pss_sha256(b"after close"), b"after close", PSS, hashes.SHA256())
+        second.send("GET", server.url("/big"), {}).close()  # aborts the pooled connection: a new handshake next
+        with second.send("GET", server.url("/whoami"), {}) as response:
+            assert response.read() == client_der
+    assert _keys_open(fakewin) == keys_open
+    assert fakewin.prop78_sets() == 0
 
 
 def test_only_property_2_keeps_the_connection_alive(fakewin: FakeWin, client: WinHttpClient, server: Server) -> None:
-    _drop_key_handle(client._cert)
     before = _connections(fakewin)
     for _ in range(3):
         with client.send("GET", server.url("/hello"), {}) as response:
@@ -781,7 +824,6 @@ def test_only_property_2_keeps_the_connection_alive(fakewin: FakeWin, client: Wi
 def test_property_2_naming_no_usable_key_fails_cleanly(
     fakewin: FakeWin, client: WinHttpClient, server: Server, provider: str, name: str, key_spec: int
 ) -> None:
-    _drop_key_handle(client._cert)
     _set_prov_info(client._cert, provider, name, key_spec)
     with pytest.raises(WinHttpError) as info:
         client.send("GET", server.url("/hello"), {})
@@ -791,7 +833,6 @@ def test_property_2_naming_no_usable_key_fails_cleanly(
 
 def test_property_2_key_of_a_previous_boot_cannot_sign(fakewin: FakeWin, client: WinHttpClient, server: Server) -> None:
     """A per-boot key opens by name after a reboot but is stale: no private key for the handshake."""
-    _drop_key_handle(client._cert)
     fakewin.reboot()
     with pytest.raises(WinHttpError) as info:
         client.send("GET", server.url("/hello"), {})
@@ -799,10 +840,237 @@ def test_property_2_key_of_a_previous_boot_cannot_sign(fakewin: FakeWin, client:
 
 
 def test_property_2_open_failure_is_reported(fakewin: FakeWin, client: WinHttpClient, server: Server) -> None:
-    _drop_key_handle(client._cert)
     fakewin.fail_next("NCryptOpenKey", 0x80090016)  # NTE_BAD_KEYSET
     with pytest.raises(WinHttpError) as info:
         client.send("GET", server.url("/hello"), {})
     assert info.value.code == wh.ERROR_WINHTTP_CLIENT_CERT_NO_PRIVATE_KEY
     with client.send("GET", server.url("/hello"), {}) as response:  # the next lookup works again
         assert response.read() == b"hello"
+
+
+# ---- the CA-bundle check: callback order, checks before TLS, rejections whatever WinHTTP returns -----------
+
+
+def test_callback_before_tls_is_skipped_and_the_one_after_checks(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, server: Server, pki: Pki, tunnel_proxy: TunnelProxy
+) -> None:
+    """SENDING_REQUEST for a proxy's CONNECT comes before TLS (no server certificate yet: 12019): no rejection;
+    the invocation after the handshake verifies the chain."""
+    fakewin.set_pre_tls_notify(1)
+    client = WinHttpClient(
+        client_der, key, libraries=fakewin.libraries, verify=str(pki.root_file), proxy=tunnel_proxy.url
+    )
+    with client, client.send("GET", server.url("/hello"), {}) as response:
+        assert response.read() == b"hello"
+    assert tunnel_proxy.tunnels == [f"localhost:{server.port}"]
+    # ... and the wrong bundle is still rejected after the skipped pre-TLS invocation, before sending
+    sent = _requests_sent(fakewin)
+    client = WinHttpClient(
+        client_der, key, libraries=fakewin.libraries, verify=str(pki.other_root_file), proxy=tunnel_proxy.url
+    )
+    with client, pytest.raises(ServerCertificateError, match="does not chain to the configured CA bundle"):
+        client.send("GET", server.url("/hello"), {"Authorization": "mtls_pop secret"})
+    assert _requests_sent(fakewin) == sent
+
+
+def test_a_server_never_checked_is_refused(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, server: Server, pki: Pki, tunnel_proxy: TunnelProxy
+) -> None:
+    """If the callback only ever fires before TLS, the response is not accepted: nothing vouched for the server."""
+    fakewin.set_pre_tls_notify(2)
+    client = WinHttpClient(
+        client_der, key, libraries=fakewin.libraries, verify=str(pki.root_file), proxy=tunnel_proxy.url
+    )
+    with client, pytest.raises(ServerCertificateError) as info:
+        client.send("GET", server.url("/hello"), {})
+    assert "could not verify the server certificate against connection_verify" in info.value.verify_message
+    assert info.value.function == "WinHttpSendRequest"
+
+
+def test_a_rejection_wins_even_if_the_send_succeeds(
+    fakewin: FakeWin,
+    key: KeyGuardKey,
+    client_der: bytes,
+    server: Server,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should closing the request in the callback not cancel the send (unverified on real Windows), the
+    rejection the callback recorded still refuses the response."""
+    import azure_msiv2_credential.transport._winhttp as winhttp_client
+
+    def reject_without_cancelling(self: Any, reason: str) -> None:
+        self.rejection = self.rejection or reason
+        self.verified = False
+
+    monkeypatch.setattr(winhttp_client._ServerCheck, "_reject", reject_without_cancelling)
+    client = WinHttpClient(client_der, key, libraries=fakewin.libraries, verify=str(pki.other_root_file))
+    with client, pytest.raises(ServerCertificateError, match="does not chain to the configured CA bundle"):
+        client.send("GET", server.url("/hello"), {})
+
+
+def test_a_recorded_rejection_wins_over_any_error_code() -> None:
+    import azure_msiv2_credential.transport._winhttp as winhttp_client
+
+    check = winhttp_client._ServerCheck(None, "localhost", None, "")  # type: ignore[arg-type]
+    check.rejection = "not ours"
+    error = check.translate(WinHttpError("WinHttpSendRequest", wh.ERROR_WINHTTP_CONNECTION_ERROR))
+    assert isinstance(error, ServerCertificateError) and error.verify_message == "not ours"
+
+
+def test_unknown_ca_is_accepted_only_once_the_check_is_installed(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, server: Server, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options: list[tuple[int, int]] = []
+    real_set = wh.Request.set_dword_option
+
+    def spy(self: wh.Request, option: int, value: int) -> None:
+        options.append((option, value))
+        real_set(self, option, value)
+
+    def refuse(self: wh.Request, callback: Any, notifications: int) -> None:
+        raise WinHttpError("WinHttpSetStatusCallback", wh.ERROR_INVALID_HANDLE)
+
+    monkeypatch.setattr(wh.Request, "set_dword_option", spy)
+    monkeypatch.setattr(wh.Request, "set_status_callback", refuse)
+    client = WinHttpClient(client_der, key, libraries=fakewin.libraries, verify=str(pki.root_file))
+    with client, pytest.raises(WinHttpError, match="WinHttpSetStatusCallback"):
+        client.send("GET", server.url("/hello"), {})
+    assert (wh.WINHTTP_OPTION_SECURITY_FLAGS, wh.SECURITY_FLAG_IGNORE_UNKNOWN_CA) not in options
+    assert server.seen == []
+
+
+def test_invalid_status_callback_is_pointer_sized() -> None:
+    """WINHTTP_INVALID_STATUS_CALLBACK is (WINHTTP_STATUS_CALLBACK)-1: 0xFFFFFFFF in a 32-bit process."""
+    assert wh.invalid_status_callback_value(4) == 0xFFFFFFFF
+    assert wh.invalid_status_callback_value(8) == 0xFFFFFFFFFFFFFFFF
+    minus_one = ffi.cast("WINHTTP_STATUS_CALLBACK", -1)
+    assert int(ffi.cast("uintptr_t", minus_one)) == wh._INVALID_STATUS_CALLBACK
+
+
+def test_set_status_callback_failure_is_detected(fakewin: FakeWin) -> None:
+    """The fake returns WINHTTP_INVALID_STATUS_CALLBACK for a handle it does not know."""
+    from azure_msiv2_credential._native import load
+
+    bogus = wh.Request(str(fakewin.fakewin_path), load(str(fakewin.fakewin_path)), ffi.cast("void *", 0x10))
+    registered = wh._status_dispatch.registered()
+    with pytest.raises(WinHttpError) as info:
+        bogus.set_status_callback(lambda *args: None, wh.WINHTTP_CALLBACK_STATUS_SENDING_REQUEST)
+    assert info.value.code == wh.ERROR_INVALID_HANDLE
+    assert wh._status_dispatch.registered() == registered  # nothing left registered
+    bogus._ptr = None  # never close a handle that does not exist
+
+
+class _CountingFfi:
+    """Delegates to the real ffi, counting ``callback`` calls (each makes a native trampoline)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.callbacks = 0
+
+    def callback(self, *args: Any, **kwargs: Any) -> Any:
+        self.callbacks += 1
+        return self._real.callback(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_one_native_callback_routes_every_request(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, server: Server, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trampoline = wh._status_dispatch.trampoline()  # made once per process (here, at the latest)
+    registered = wh._status_dispatch.registered()
+    counting = _CountingFfi(ffi)
+    monkeypatch.setattr(wh, "ffi", counting)
+    with WinHttpClient(client_der, key, libraries=fakewin.libraries, verify=str(pki.root_file)) as client:
+        for _ in range(3):
+            with client.send("GET", server.url("/hello"), {}) as response:
+                assert response.read() == b"hello"
+        with pytest.raises(WinHttpError):
+            client.send("GET", server.url("/slow"), {}, read_timeout=0.2)
+    assert counting.callbacks == 0  # no native callback made per request
+    assert wh._status_dispatch.trampoline() is trampoline
+    assert wh._status_dispatch.registered() == registered  # each request's route is gone with it
+
+
+# ---- responses without a reason phrase; proxies; closing while a send is in flight ----------------------
+
+
+def test_missing_status_text_is_an_empty_reason(client: WinHttpClient, server: Server) -> None:
+    with client.send("GET", server.url("/no-reason"), {}) as response:
+        assert (response.status, response.reason) == (200, "")
+        assert response.read() == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("proxy", "access"),
+    [
+        (None, wh.WINHTTP_ACCESS_TYPE_AUTOMATIC_PROXY),
+        (False, wh.WINHTTP_ACCESS_TYPE_NO_PROXY),
+        ("http://proxy.example:3128", wh.WINHTTP_ACCESS_TYPE_NAMED_PROXY),
+        ("proxy.example:3128", wh.WINHTTP_ACCESS_TYPE_NAMED_PROXY),
+    ],
+)
+def test_proxy_settings_pick_the_access_type(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, proxy: Any, access: int
+) -> None:
+    with WinHttpClient(client_der, key, libraries=fakewin.libraries, proxy=proxy):
+        assert fakewin.last_access_type() == access
+
+
+@pytest.mark.parametrize(
+    ("proxy", "message"),
+    [
+        ("https://proxy.example:3128", "only an http:// proxy, not a https:// one"),
+        ("socks5://proxy.example:1080", "only an http:// proxy, not a socks5:// one"),
+        ("http://user:secret@proxy.example:3128", "credentials"),
+        ("http://proxy.example:3128/path", "without a path"),
+        ("http://proxy.example:99999", "invalid port"),
+        ("http://a:1;http://b:2", "one http://host:port"),
+        ("", "one http://host:port"),
+    ],
+)
+def test_only_http_proxies_are_accepted(
+    fakewin: FakeWin, key: KeyGuardKey, client_der: bytes, proxy: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        WinHttpClient(client_der, key, libraries=fakewin.libraries, proxy=proxy)
+    assert "secret" not in str(info.value)
+
+
+def test_close_during_a_send_frees_the_handles_after_it(client: WinHttpClient, server: Server) -> None:
+    """A retire listener may close the client while another thread's send is in flight: the certificate
+    context and the session stay until that send returns."""
+    results: list[Any] = []
+
+    def send() -> None:
+        try:
+            results.append(client.send("GET", server.url("/pause"), {}))
+        except BaseException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    assert _eventually(lambda: len(server.seen) == 1)  # the request is in flight (the server pauses)
+    client.close()
+    assert client.closed
+    assert not client._cert.closed and not client._session.closed  # deferred to the send in flight
+    with pytest.raises(ValueError, match="closed"):
+        client.send("GET", server.url("/hello"), {})  # new sends are refused at once
+    thread.join()
+    response = results[0]
+    assert isinstance(response, wh_client.WinHttpResponse)
+    with response:
+        assert response.read() == b"after a pause"
+    assert client._cert.closed and client._session.closed
+
+
+def test_schannel_hresults_are_named_secure_failures_in_hex() -> None:
+    # Seen under Wine: a client key Schannel cannot open comes back as SEC_E_UNKNOWN_CREDENTIALS.
+    from azure_msiv2_credential._native.winhttp import WinHttpError
+
+    error = WinHttpError("WinHttpSendRequest", 0x8009030D)
+    assert str(error) == "WinHttpSendRequest failed: SEC_E_UNKNOWN_CREDENTIALS (0x8009030D)"
+    assert error.is_secure_failure() and not error.is_timeout()
+    assert "(12002)" in str(WinHttpError("WinHttpReceiveResponse", 12002))

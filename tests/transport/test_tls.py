@@ -100,3 +100,67 @@ def test_context_really_presents_the_certificate(handmade: HandmadeCredential, e
     info = handmade.get_token_info(emu.resource_url + "/.default")
     assert info.token_type == "mtls_pop"
     assert emu.calls["token"] == 1
+
+
+def _no_memfd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_tls, "_DELETE_PAUSE_S", 0.001)
+
+
+def test_fallback_retries_a_delete_that_fails_for_a_moment(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On Windows a scanner may hold the fresh file open: the delete is retried, quietly."""
+    _no_memfd(monkeypatch, tmp_path)
+    real_unlink = os.unlink
+    failures = [PermissionError(13, "in use"), PermissionError(13, "in use")]
+
+    def flaky_unlink(path: str) -> None:
+        if failures:
+            raise failures.pop()
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", flaky_unlink)
+    with caplog.at_level("WARNING", logger=_tls.__name__):
+        context = ssl_context_for(mint_binding(emu), emu.ca_bundle_path)
+    assert isinstance(context, ssl.SSLContext)
+    assert failures == []
+    assert list(tmp_path.iterdir()) == []
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_fallback_delete_failure_is_a_warning_not_an_error(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _no_memfd(monkeypatch, tmp_path)
+    attempts: list[str] = []
+
+    def stuck_unlink(path: str) -> None:
+        attempts.append(path)
+        raise PermissionError(13, "in use")
+
+    monkeypatch.setattr(os, "unlink", stuck_unlink)
+    binding = mint_binding(emu)
+    with caplog.at_level("WARNING", logger=_tls.__name__):
+        context = ssl_context_for(binding, emu.ca_bundle_path)  # the loaded context is not lost
+    assert isinstance(context, ssl.SSLContext)
+    assert len(attempts) == _tls._DELETE_ATTEMPTS
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and attempts[0] in warnings[0] and "encrypted" in warnings[0]
+    [left] = list(tmp_path.iterdir())
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in left.read_bytes()
+
+
+def test_fallback_delete_failure_does_not_mask_a_load_error(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_memfd(monkeypatch, tmp_path)
+    monkeypatch.setattr(os, "unlink", lambda path: (_ for _ in ()).throw(PermissionError(13, "in use")))
+
+    def broken_load(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        raise ssl.SSLError("the real problem")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", broken_load)
+    with pytest.raises(ssl.SSLError, match="the real problem"):
+        ssl_context_for(mint_binding(emu), emu.ca_bundle_path)

@@ -172,3 +172,28 @@ async def test_retire_from_another_thread_closes_on_the_loop(handmade: HandmadeC
             await asyncio.sleep(0.01)
         assert session.closed
         assert transport.pooled_bindings == frozenset()
+
+
+async def test_ssl_context_is_built_off_the_event_loop(
+    handmade: HandmadeCredential, emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a binding's CA bundle, certificate and key blocks: it runs on an executor thread, once per pool."""
+    import threading
+
+    from azure_msiv2_credential.transport import _aiohttp
+
+    threads: list[threading.Thread] = []
+    real = _aiohttp.ssl_context_for
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(_aiohttp, "ssl_context_for", spy)
+    token = handmade.get_token_info(emu.resource_url + "/.default").token
+    loop_thread = threading.current_thread()
+    async with AsyncMtlsPopTransport(handmade, connection_verify=emu.ca_bundle_path) as transport:
+        responses = await asyncio.gather(*(transport.send(_get(emu.resource_url + SECRET, token)) for _ in range(3)))
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        assert len(transport._bound[handmade.binding]) == 1  # concurrent first sends share one pool
+    assert threads and all(t is not loop_thread for t in threads)

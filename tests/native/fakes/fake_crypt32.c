@@ -3,10 +3,12 @@
  * Semantics kept from Windows:
  * - A PCCERT_CONTEXT is reference counted: CertDuplicateCertificateContext returns the same pointer
  *   with one more reference; CertFreeCertificateContext drops one; the last drop frees it.
- * - CERT_NCRYPT_KEY_HANDLE_PROP_ID (78) stores the NCRYPT_KEY_HANDLE *without* taking ownership:
- *   freeing the context never frees the key (the documented release-on-free applies only to
- *   CERT_KEY_PROV_HANDLE_PROP_ID / CERT_KEY_CONTEXT_PROP_ID; ownership transfer is the separate
- *   CERT_NCRYPT_KEY_HANDLE_TRANSFER_PROP_ID, which this fake does not support).
+ * - CERT_NCRYPT_KEY_HANDLE_PROP_ID (78) TAKES OWNERSHIP of the NCRYPT_KEY_HANDLE, as Windows does (.NET's
+ *   CopyWithEphemeralKey: the call "transfers ownership of the handle to the certificate"; the key context is
+ *   "implicitly released on the final freeing of the CERT_CONTEXT" unless CERT_STORE_NO_CRYPT_RELEASE_FLAG):
+ *   the handle is freed (NCryptFreeObject) on the context's last free, when the property is replaced and
+ *   when it is set to NULL. With CERT_STORE_NO_CRYPT_RELEASE_FLAG in dwFlags the handle stays the caller's.
+ *   FakeCrypt32_Prop78Sets counts the sets, so tests can prove a binding never attaches a handle.
  * - CERT_KEY_PROV_INFO_PROP_ID (2) stores a deep copy of the CRYPT_KEY_PROV_INFO (structure, params,
  *   strings), freed with the context or when replaced / deleted (pvData NULL); each copy is a live
  *   handle of kind "crypt32.keyprovinfo", so a copy that outlives its context shows up as a leak. Read
@@ -25,6 +27,7 @@
  * BEGIN PYTHON CDEF
  * int FakeCrypt32_Reset(void);
  * int FakeCrypt32_RefCount(const void *ctx);
+ * int FakeCrypt32_Prop78Sets(void);
  * END PYTHON CDEF
  */
 #define _GNU_SOURCE /* asprintf */
@@ -45,10 +48,12 @@
 #define CERT_KEY_PROV_INFO_PROP_ID 2
 #define CERT_NCRYPT_KEY_HANDLE_PROP_ID 78
 #define CERT_SET_KEY_CONTEXT_PROP_ID 0x1
+#define CERT_STORE_NO_CRYPT_RELEASE_FLAG 0x1
 
 static const char *const KIND_CERT = "crypt32.cert";
 static const char *const KIND_PROV_INFO = "crypt32.keyprovinfo";
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static int g_prop78_sets;
 
 static BOOL fail(DWORD code) {
     SetLastError(code);
@@ -213,12 +218,13 @@ FAKEWIN_EXPORT BOOL WINAPI CertFreeCertificateContext(const CERT_CONTEXT *pub) {
     pthread_mutex_unlock(&g_lock);
     if (!last) return TRUE;
     fakewin_handle_remove(KIND_CERT, ctx);
-    /* Property 78 is a borrowed NCRYPT_KEY_HANDLE: deliberately not freed here. Property 2 is our copy. */
     pthread_mutex_lock(&g_lock);
     store_release_locked(ctx->pub.hCertStore);
     prov_info_free(ctx->prov_info);
     ctx->prov_info = NULL;
+    NCRYPT_KEY_HANDLE owned = ctx->has_key && ctx->key_owned ? ctx->key : 0;
     pthread_mutex_unlock(&g_lock);
+    if (owned) NCryptFreeObject(owned); /* property 78 owns its handle: released on the final free */
     free(ctx->pub.pbCertEncoded);
     free(ctx);
     return TRUE;
@@ -226,7 +232,7 @@ FAKEWIN_EXPORT BOOL WINAPI CertFreeCertificateContext(const CERT_CONTEXT *pub) {
 
 FAKEWIN_EXPORT BOOL WINAPI CertSetCertificateContextProperty(const CERT_CONTEXT *pub, DWORD prop, DWORD flags,
                                                              const void *data) {
-    (void)flags; /* persistence flags do not matter for a context outside any persisted store */
+    /* persistence flags do not matter for a context outside any persisted store; only the release flag does */
     fake_cert_context *ctx = fakewin_cert_from_public(pub);
     if (ctx == NULL) return fail(ERROR_INVALID_PARAMETER);
     if (prop == 0 || prop > 0xFFFF) return fail(E_INVALIDARG);
@@ -247,14 +253,20 @@ FAKEWIN_EXPORT BOOL WINAPI CertSetCertificateContextProperty(const CERT_CONTEXT 
     }
     if (prop != CERT_NCRYPT_KEY_HANDLE_PROP_ID) return fail(E_INVALIDARG); /* the subset we emulate */
     pthread_mutex_lock(&g_lock);
+    g_prop78_sets++;
+    NCRYPT_KEY_HANDLE old = ctx->has_key && ctx->key_owned ? ctx->key : 0;
     if (data == NULL) {
         ctx->has_key = 0;
         ctx->key = 0;
+        ctx->key_owned = 0;
     } else {
         ctx->has_key = 1;
         ctx->key = *(const NCRYPT_KEY_HANDLE *)data;
+        ctx->key_owned = (flags & CERT_STORE_NO_CRYPT_RELEASE_FLAG) == 0;
     }
     pthread_mutex_unlock(&g_lock);
+    /* The replaced (or deleted) handle was the context's: released now, unless it is the same one again. */
+    if (old && !(ctx->has_key && ctx->key == old)) NCryptFreeObject(old);
     return TRUE;
 }
 
@@ -434,7 +446,19 @@ char *fakewin_cert_key_identity(const CERT_CONTEXT *pub) {
     return id;
 }
 
-FAKEWIN_EXPORT int FakeCrypt32_Reset(void) { return 0; }
+FAKEWIN_EXPORT int FakeCrypt32_Reset(void) {
+    pthread_mutex_lock(&g_lock);
+    g_prop78_sets = 0;
+    pthread_mutex_unlock(&g_lock);
+    return 0;
+}
+
+FAKEWIN_EXPORT int FakeCrypt32_Prop78Sets(void) {
+    pthread_mutex_lock(&g_lock);
+    int n = g_prop78_sets;
+    pthread_mutex_unlock(&g_lock);
+    return n;
+}
 
 FAKEWIN_EXPORT int FakeCrypt32_RefCount(const void *pub) {
     fake_cert_context *ctx = fakewin_cert_from_public(pub);

@@ -49,7 +49,8 @@ typedef struct fake_cert_context {
     int refs;
     size_t store_index;
     int has_key;
-    NCRYPT_KEY_HANDLE key; /* CERT_NCRYPT_KEY_HANDLE_PROP_ID, borrowed */
+    NCRYPT_KEY_HANDLE key; /* CERT_NCRYPT_KEY_HANDLE_PROP_ID */
+    int key_owned;         /* 1: the context owns `key` and frees it (set without CERT_STORE_NO_CRYPT_RELEASE_FLAG) */
     /* CERT_KEY_PROV_INFO_PROP_ID: a deep copy in one block (structure, params, strings, param data) whose
      * pointers point into the block itself; NULL = absent. Owned: freed with the context. */
     CRYPT_KEY_PROV_INFO *prov_info;
@@ -57,7 +58,7 @@ typedef struct fake_cert_context {
 } fake_cert_context;
 
 /* The private key of a context as CryptAcquireCertificatePrivateKey would find it for Schannel: the
- * handle of property 78 (borrowed), else the key named by property 2, opened through the fake NCrypt
+ * handle of property 78 (the context's; lent for the handshake), else the key named by property 2, opened through the fake NCrypt
  * (NCryptOpenStorageProvider + NCryptOpenKey, with its dwKeySpec and flags): then ours to release. */
 typedef struct fake_cert_key {
     NCRYPT_KEY_HANDLE key;

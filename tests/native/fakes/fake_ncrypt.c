@@ -23,6 +23,7 @@ int FakeNCrypt_Calls(const char *function);
 void FakeNCrypt_FailNext(const char *function, int32_t status);
 void FakeNCrypt_UnderstateNextSize(void);
 void FakeNCrypt_PreemptNextCreate(void);
+void FakeNCrypt_SetVirtualIsoSize(int size);
 END PYTHON CDEF */
 
 #define NCRYPT_NO_KEY_VALIDATION 0x00000008
@@ -40,10 +41,14 @@ END PYTHON CDEF */
 
 #define MS_KSP "Microsoft Software Key Storage Provider"
 
+/* What Windows returns when VBS key isolation is unavailable (MSAL.NET's IsVbsUnavailable checks it). */
+#define NTE_VBS_UNAVAILABLE ((SECURITY_STATUS)0x80890014)
+
 /* FakeNCrypt_SetVbs modes */
-#define VBS_OFF_REFUSE 0 /* finalizing an isolated key fails with NTE_NOT_SUPPORTED */
+#define VBS_OFF_REFUSE 0 /* finalizing an isolated key fails with NTE_VBS_UNAVAILABLE (0x80890014) */
 #define VBS_ON 1
 #define VBS_OFF_SILENT 2 /* the key is made anyway, without isolation: "Virtual Iso" reads 0 */
+#define VBS_OFF_NOT_SUPPORTED 3 /* finalizing an isolated key fails with NTE_NOT_SUPPORTED (older systems) */
 
 typedef struct {
     LPCWSTR pszAlgId;
@@ -93,6 +98,7 @@ static int g_calls[F_COUNT];
 static SECURITY_STATUS g_fail_next[F_COUNT];
 static int g_understate_next;
 static int g_preempt_next;
+static int g_virtual_iso_size = sizeof(DWORD); /* bytes "Virtual Iso" reads as (value in the first byte) */
 
 /* ---- helpers (called with g_lock held) ---- */
 
@@ -315,6 +321,8 @@ FAKEWIN_EXPORT SECURITY_STATUS WINAPI NCryptFinalizeKey(NCRYPT_KEY_HANDLE hKey, 
     fake_key *k = o->key;
     if (k->finalized) return leave(NTE_BAD_KEY_STATE);
     if ((k->create_flags & NCRYPT_USE_VIRTUAL_ISOLATION_FLAG) && g_vbs == VBS_OFF_REFUSE)
+        return leave(NTE_VBS_UNAVAILABLE);
+    if ((k->create_flags & NCRYPT_USE_VIRTUAL_ISOLATION_FLAG) && g_vbs == VBS_OFF_NOT_SUPPORTED)
         return leave(NTE_NOT_SUPPORTED);
     fake_key *existing = NULL;
     if (k->name != NULL) {
@@ -351,6 +359,11 @@ FAKEWIN_EXPORT SECURITY_STATUS WINAPI NCryptGetProperty(NCRYPT_HANDLE hObject, L
     fake_key *k = o->key;
     DWORD value;
     if (fakewin_wcs_eq(pszProperty, "Virtual Iso")) {
+        if (g_virtual_iso_size != (int)sizeof(DWORD)) { /* a value of another size: the flag in its first byte */
+            BYTE raw[16] = {0};
+            raw[0] = (BYTE)(k->virtual_iso != 0);
+            return leave(copy_out(raw, (DWORD)g_virtual_iso_size, pbOutput, cbOutput, pcbResult));
+        }
         value = k->virtual_iso;
     } else if (fakewin_wcs_eq(pszProperty, "Length")) {
         value = k->length;
@@ -539,6 +552,7 @@ FAKEWIN_EXPORT void FakeNCrypt_Reset(void) {
     memset(g_fail_next, 0, sizeof g_fail_next);
     g_understate_next = 0;
     g_preempt_next = 0;
+    g_virtual_iso_size = sizeof(DWORD);
     pthread_mutex_unlock(&g_lock);
 }
 
@@ -600,5 +614,13 @@ FAKEWIN_EXPORT void FakeNCrypt_UnderstateNextSize(void) {
 FAKEWIN_EXPORT void FakeNCrypt_PreemptNextCreate(void) {
     pthread_mutex_lock(&g_lock);
     g_preempt_next = 1;
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* "Virtual Iso" reads as `size` bytes (1..16; 4 = a DWORD, the default), the isolation flag in the first. */
+FAKEWIN_EXPORT void FakeNCrypt_SetVirtualIsoSize(int size) {
+    if (size < 1 || size > 16) return;
+    pthread_mutex_lock(&g_lock);
+    g_virtual_iso_size = size;
     pthread_mutex_unlock(&g_lock);
 }

@@ -21,13 +21,19 @@
  *   and is reused by the next request with the same client certificate and security flags.
  * - Timeouts (ms; 0 or -1 = infinite): connect by a non-blocking connect + poll, send/receive by
  *   SO_SNDTIMEO/SO_RCVTIMEO; expiry -> ERROR_WINHTTP_TIMEOUT.
- * - WINHTTP_ACCESS_TYPE_NAMED_PROXY tunnels through the proxy with CONNECT.
+ * - WINHTTP_ACCESS_TYPE_NAMED_PROXY tunnels through the proxy with CONNECT. Whether real WinHTTP delivers
+ *   SENDING_REQUEST for the CONNECT (before TLS exists) is not documented: FakeWinHttp_SetPreTlsNotify
+ *   makes the fake do so (1: once before the tunnel, then after TLS as usual; 2: only before the tunnel).
+ * - A status line without a reason phrase (as over HTTP/2) has no WINHTTP_QUERY_STATUS_TEXT:
+ *   ERROR_WINHTTP_HEADER_NOT_FOUND.
  * - Two-pass WinHttpQueryHeaders (ERROR_INSUFFICIENT_BUFFER with the byte size needed).
  *
  * BEGIN PYTHON CDEF
  * int FakeWinHttp_Reset(void);
  * int FakeWinHttp_ConnectionsOpened(void);
  * int FakeWinHttp_RequestsSent(void);
+ * void FakeWinHttp_SetPreTlsNotify(int mode);
+ * int FakeWinHttp_LastAccessType(void);
  * END PYTHON CDEF
  */
 #define _GNU_SOURCE
@@ -122,6 +128,8 @@ static const char *const KIND_REQUEST = "winhttp.request";
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* refcounts, pools, counters */
 static int g_connections_opened, g_requests_sent;
+static int g_pre_tls_notify; /* FakeWinHttp_SetPreTlsNotify */
+static int g_last_access = -1; /* dwAccessType of the latest WinHttpOpen */
 
 /* ---- handles ---- */
 
@@ -367,6 +375,9 @@ FAKEWIN_EXPORT HINTERNET WINAPI WinHttpOpen(LPCWSTR agent, DWORD access, LPCWSTR
     if (s == NULL) return fail_null(ERROR_NOT_ENOUGH_MEMORY);
     s->refs = 1;
     s->access = access;
+    pthread_mutex_lock(&g_lock);
+    g_last_access = (int)access;
+    pthread_mutex_unlock(&g_lock);
     s->agent = fakewin_wcs_to_utf8(agent);
     s->to = (timeouts){0, 60000, 30000, 30000};
     if (access == WINHTTP_ACCESS_TYPE_NAMED_PROXY) {
@@ -958,6 +969,10 @@ static DWORD request_connect(request *r) {
     g_connections_opened++;
     pthread_mutex_unlock(&g_lock);
     set_io_timeouts(k->fd, &r->to);
+    if (proxied && g_pre_tls_notify) { /* SENDING_REQUEST for the CONNECT: no TLS, no server certificate yet */
+        notify(r, WINHTTP_CALLBACK_STATUS_SENDING_REQUEST, NULL, 0);
+        if (r->closed) return ERROR_WINHTTP_OPERATION_CANCELLED;
+    }
     if (proxied && (err = proxy_tunnel(k, c->host, port)) != 0) return err;
     if (r->flags & WINHTTP_FLAG_SECURE) return tls_handshake(r, k, c->host);
     return 0;
@@ -1040,7 +1055,8 @@ FAKEWIN_EXPORT BOOL WINAPI WinHttpSendRequest(HINTERNET h, LPCWSTR headers, DWOR
             r->peer_count = i + 1;
         }
     }
-    if (!err) {
+    int proxied = r->c->s->access == WINHTTP_ACCESS_TYPE_NAMED_PROXY;
+    if (!err && !(proxied && g_pre_tls_notify == 2)) {
         notify(r, WINHTTP_CALLBACK_STATUS_SENDING_REQUEST, NULL, 0);
         if (r->closed) err = ERROR_WINHTTP_OPERATION_CANCELLED;
     }
@@ -1334,6 +1350,7 @@ FAKEWIN_EXPORT BOOL WINAPI WinHttpQueryHeaders(HINTERNET h, DWORD level, LPCWSTR
         text = tmp;
         break;
     case WINHTTP_QUERY_STATUS_TEXT:
+        if (r->reason == NULL || r->reason[0] == 0) return fail(ERROR_WINHTTP_HEADER_NOT_FOUND);
         text = r->reason;
         break;
     case WINHTTP_QUERY_VERSION:
@@ -1381,8 +1398,23 @@ FAKEWIN_EXPORT int FakeWinHttp_Reset(void) {
     pthread_mutex_lock(&g_lock);
     g_connections_opened = 0;
     g_requests_sent = 0;
+    g_pre_tls_notify = 0;
+    g_last_access = -1;
     pthread_mutex_unlock(&g_lock);
     return 0;
+}
+
+FAKEWIN_EXPORT void FakeWinHttp_SetPreTlsNotify(int mode) {
+    pthread_mutex_lock(&g_lock);
+    g_pre_tls_notify = mode;
+    pthread_mutex_unlock(&g_lock);
+}
+
+FAKEWIN_EXPORT int FakeWinHttp_LastAccessType(void) {
+    pthread_mutex_lock(&g_lock);
+    int access = g_last_access;
+    pthread_mutex_unlock(&g_lock);
+    return access;
 }
 
 FAKEWIN_EXPORT int FakeWinHttp_ConnectionsOpened(void) {
