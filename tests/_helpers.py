@@ -69,9 +69,7 @@ def async_credential(
     return AsyncMsiV2ManagedIdentityCredential(mtls_proof_of_possession=True, **kwargs)
 
 
-def _split(
-    method: str, claims: Optional[str], options: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split(method: str, claims: Optional[str], options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """kwargs for ``get_token`` or ``{"options": ...}`` for ``get_token_info``, carrying the same request."""
     if method == "get_token":
         return ({"claims": claims, **options} if claims is not None else dict(options)), {}
@@ -79,17 +77,13 @@ def _split(
     return {}, ({"options": merged} if merged else {})
 
 
-def acquire(
-    cred: Any, method: str, *scopes: str, claims: Optional[str] = None, **options: Any
-) -> Token:
+def acquire(cred: Any, method: str, *scopes: str, claims: Optional[str] = None, **options: Any) -> Token:
     """Call ``cred.get_token`` or ``cred.get_token_info`` with the same request (claims, options)."""
     as_kwargs, as_options = _split(method, claims, options)
     return getattr(cred, method)(*scopes, **as_kwargs, **as_options)  # type: ignore[no-any-return]
 
 
-async def aacquire(
-    cred: Any, method: str, *scopes: str, claims: Optional[str] = None, **options: Any
-) -> Token:
+async def aacquire(cred: Any, method: str, *scopes: str, claims: Optional[str] = None, **options: Any) -> Token:
     """The async twin of :func:`acquire`."""
     as_kwargs, as_options = _split(method, claims, options)
     return await getattr(cred, method)(*scopes, **as_kwargs, **as_options)  # type: ignore[no-any-return]

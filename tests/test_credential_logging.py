@@ -121,9 +121,7 @@ def test_a_full_acquisition_with_failures_logs_no_secret(
     tokens.append(acquire(other, method, SCOPE))
 
     key = cred.binding_registry.lookup(cached.token).key  # type: ignore[union-attr]
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     secrets = [t.token for t in tokens] + [t.token.split(".")[1] for t in tokens]
     secrets.append(base64.b64encode(spki).decode("ascii")[:120])
 

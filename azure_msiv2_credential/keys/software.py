@@ -22,9 +22,7 @@ class SoftwareKey:
     """
 
     def __init__(self, private_key: Optional[rsa.RSAPrivateKey] = None) -> None:
-        self._key = private_key or rsa.generate_private_key(
-            public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_KEY_BITS
-        )
+        self._key = private_key or rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_KEY_BITS)
         spki = self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
