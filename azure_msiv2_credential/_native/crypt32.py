@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import struct
 import threading
-from types import TracebackType
 from typing import Any, NamedTuple, Optional
 
+from ._closing import Closing
 from ._errors import NativeCallError, NativeError
 from ._loader import last_error, load
 from ._winapi import ffi
@@ -106,7 +106,7 @@ def _wide_or_none(ptr: Any) -> Optional[str]:
     return None if ptr == ffi.NULL else str(ffi.string(ptr))
 
 
-class CertContext:
+class CertContext(Closing):
     """Owns one ``PCCERT_CONTEXT`` (one reference); ``close()`` frees it exactly once.
 
     The key is attached by name (:meth:`bind_key_provider_info`), which crypt32 copies: the context keeps no
@@ -271,14 +271,6 @@ class CertContext:
             ptr, self._ptr = self._ptr, None
         if ptr is not None:
             self._lib.CertFreeCertificateContext(ptr)  # documented to always return TRUE
-
-    def __enter__(self) -> CertContext:
-        return self
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CertContext({'closed' if self.closed else 'open'})"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import struct
 import threading
-from types import TracebackType
 from typing import Any, Callable, Optional
 
+from ._closing import Closing
 from ._errors import NativeCallError, NativeError
 from ._loader import load, require
 from ._winapi import ffi
@@ -80,7 +80,7 @@ def _wide(text: str) -> Any:
     return ffi.new("char16_t[]", text)
 
 
-class NCryptHandle:
+class NCryptHandle(Closing):
     """One NCRYPT_HANDLE (provider or key) with exactly one owner; ``close()`` frees it once."""
 
     __slots__ = ("_api", "_lock", "_value")
@@ -112,14 +112,6 @@ class NCryptHandle:
         value = self.detach()
         if value:
             self._api.free_object(value)
-
-    def __enter__(self) -> NCryptHandle:
-        return self
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"NCryptHandle({'closed' if self.closed else 'open'})"

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar
 
+from ._closing import Closing
 from ._errors import NativeCallError, NativeError
 from ._loader import last_error, load
 from ._winapi import ffi
@@ -239,7 +239,7 @@ class _StatusDispatch:
 _status_dispatch = _StatusDispatch()
 
 
-class _Handle:
+class _Handle(Closing):
     """One HINTERNET with exactly one owner; ``close()`` closes it once."""
 
     __slots__ = ("_lib", "_lock", "_ptr", "_winhttp_path")
@@ -280,14 +280,6 @@ class _Handle:
             ptr, self._ptr = self._ptr, None
         if ptr is not None:
             self._lib.WinHttpCloseHandle(ptr)
-
-    def __enter__(self: _H) -> _H:
-        return self
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({'closed' if self.closed else 'open'})"

@@ -18,7 +18,6 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Optional
 
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .._errors import ErrorCode, MsiV2Error
 from .._native import NativeCallError, NativeError, NativeLibraries
 from .._native import ncrypt as nc
+from .._native._closing import Closing
 from ._base import PSS_SALT_LENGTH, RSA_KEY_BITS, BindingStrength
 
 DEFAULT_KEY_NAME = "AzureMsiV2BindingKey"
@@ -170,7 +170,7 @@ class KeyGuardKey:
         return f"KeyGuardKey(key_id={self._key_id!r})"
 
 
-class KeyGuardKeyProvider:
+class KeyGuardKeyProvider(Closing):
     """Opens the named KeyGuard key of this boot, or creates it; ``MSI_V2_KEYGUARD_UNAVAILABLE`` without VBS.
 
     Thread-safe: one key per provider, made on first ``get_key``. ``close()`` frees the native handles (the
@@ -198,14 +198,6 @@ class KeyGuardKeyProvider:
             key, self._key = self._key, None
         if key is not None:
             key.close()
-
-    def __enter__(self) -> KeyGuardKeyProvider:
-        return self
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KeyGuardKeyProvider(key_name={self._key_name!r})"

@@ -48,13 +48,13 @@ import ssl
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from .._native._closing import Closing
 from .._native._winapi import ffi
 from .._native.crypt32 import CertContext
 from .._native.winhttp import (
@@ -325,7 +325,7 @@ class _ServerCheck:
             )
 
 
-class WinHttpResponse:
+class WinHttpResponse(Closing):
     """A response whose body streams from WinHTTP. Owns the request handle until the body has been read
     to the end (the connection then returns to the keep-alive pool) or :meth:`close` is called."""
 
@@ -416,19 +416,11 @@ class WinHttpResponse:
         self._request.close()
         self._client._forget(self)
 
-    def __enter__(self) -> WinHttpResponse:
-        return self
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"WinHttpResponse({self.status} {self.reason!r})"
 
 
-class WinHttpClient:
+class WinHttpClient(Closing):
     """Blocking HTTPS presenting ``certificate_der`` with the persisted CNG ``key`` (used by name only).
 
     ``verify``: ``True`` = the machine's trusted roots; a CA bundle path = that bundle instead (see the
@@ -619,11 +611,3 @@ class WinHttpClient:
             self._session.close()
         finally:
             self._cert.close()
-
-    def __enter__(self) -> WinHttpClient:
-        return self
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
