@@ -45,6 +45,7 @@ def test_v1_only_host(emulator: Emulator) -> None:
     # The probe (no Metadata header) still answers 400 on a v1-only emulator? It must not pass as v2.
     assert not report.usable
     assert report.capabilities.max_binding_strength == "none"
+    assert [_status(report, c) for c in ("imds_reachable", "imds_v2", "identity")] == ["pass", "fail", "skip"]
 
 
 def test_kill_switch(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:

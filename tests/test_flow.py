@@ -8,12 +8,13 @@ import time
 from typing import Any
 
 import pytest
+from azure.identity import CredentialUnavailableError
 
 from azure_msiv2_credential import MsiV2Error, MsiV2UnavailableError
 from azure_msiv2_credential._errors import ErrorCode
 from azure_msiv2_credential.emulator import Emulator
 
-from ._factories import sync_credential
+from ._factories import sync_credential, v2_options
 
 LONG_BASE64 = re.compile(r"[A-Za-z0-9+/_=-]{120,}")
 
@@ -84,13 +85,43 @@ def test_fault_yields_documented_error(
     caplog.set_level(logging.DEBUG)
     with sync_credential(emulator) as credential, pytest.raises(error_type) as info:
         credential.get_token_info(_scope(emulator))
-    error = info.value
-    assert type(error) is error_type or isinstance(error, error_type)
+    _assert_documented(info.value, error_type, code)
+    _assert_no_secrets(caplog.text)
+    assert any(r.levelno == logging.WARNING and info.value.correlation_id in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("endpoint", "fault", "params", "count", "error_type", "code"), FAULTS)
+async def test_fault_yields_documented_error_async(
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    endpoint: str,
+    fault: str,
+    params: dict[str, Any],
+    count: int,
+    error_type: type,
+    code: str,
+) -> None:
+    from azure_msiv2_credential.aio import MsiV2ManagedIdentityCredential as AsyncCredential
+
+    async def no_sleep(_: float) -> None:
+        """Retries at once: the retry rule has its own tests."""
+
+    emulator.inject(endpoint, fault, count=count, **params)
+    caplog.set_level(logging.DEBUG)
+    async with AsyncCredential(**v2_options(emulator, _sleep=no_sleep)) as credential:
+        with pytest.raises(error_type) as info:
+            await credential.get_token_info(_scope(emulator))
+    _assert_documented(info.value, error_type, code)
+    _assert_no_secrets(caplog.text)
+
+
+def _assert_documented(error: Any, error_type: type, code: str) -> None:
+    """The documented code, the unavailable/failed split (DESIGN.md §2), a correlation id, no secrets."""
+    assert isinstance(error, error_type)
+    assert isinstance(error, CredentialUnavailableError) is (error_type is MsiV2UnavailableError)
     assert error.error_code == code, str(error)
     assert error.correlation_id and error.correlation_id in str(error)
     _assert_no_secrets(str(error))
-    _assert_no_secrets(caplog.text)
-    assert any(r.levelno == logging.WARNING and error.correlation_id in r.getMessage() for r in caplog.records)
 
 
 def test_attestation_required_by_host(emulator: Emulator) -> None:

@@ -1,4 +1,4 @@
-"""Token-leg parsing and classification rules (PROTOCOL.md §6) that the emulator cannot provoke."""
+"""Token-leg parsing and classification rules (PROTOCOL.md §6), unit by unit."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from azure.core.exceptions import ServiceRequestError
 
 from azure_msiv2_credential._errors import ErrorCode, MsiV2Error
 from azure_msiv2_credential._imds import WireResponse
+from azure_msiv2_credential._lifetimes import TOKEN_EXPIRY_SKEW
 from azure_msiv2_credential._token_leg import parse_token_response, tls_failure, token_endpoint
 
 BINDING: Any = SimpleNamespace(thumbprint="abc", token_endpoint="https://login.example/t/oauth2/v2.0/token")
@@ -22,7 +23,20 @@ def _response(body: dict[str, Any], status: int = 200) -> WireResponse:
 
 
 @pytest.mark.parametrize(
-    "raw_expires_in", ["NaN", "Infinity", '"NaN"', "1e400", "1" + "0" * 400, "true", "-5", "0", "29", '"x"', "null"]
+    "raw_expires_in",
+    [
+        "NaN",
+        "Infinity",
+        '"NaN"',
+        "1e400",
+        "1" + "0" * 400,
+        "true",
+        "-5",
+        "0",
+        str(int(TOKEN_EXPIRY_SKEW)),
+        '"x"',
+        "null",
+    ],
 )
 def test_expires_in_must_be_a_finite_usable_number(raw_expires_in: str) -> None:
     raw = '{"access_token": "not-a-jwt", "token_type": "mtls_pop", "expires_in": ' + raw_expires_in + "}"
@@ -31,7 +45,7 @@ def test_expires_in_must_be_a_finite_usable_number(raw_expires_in: str) -> None:
     assert info.value.error_code == ErrorCode.TOKEN_RESPONSE_INVALID
 
 
-@pytest.mark.parametrize("expires_in", [3600, "3600", 3600.5, " 60 "])
+@pytest.mark.parametrize("expires_in", [3600, "3600", 3600.5, " 60 ", TOKEN_EXPIRY_SKEW + 1])
 def test_expires_in_number_or_numeric_string(expires_in: Any) -> None:
     body = {"access_token": "not-a-jwt", "token_type": "MTLS_POP", "expires_in": expires_in, "refresh_in": "1800"}
     parsed = parse_token_response(_response(body), BINDING, "c")
