@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -14,10 +13,24 @@ from azure_msiv2_credential.emulator import Emulator
 UNREACHABLE_IMDS = "http://127.0.0.1:9"
 
 
+AMBIENT_IDENTITY_VARIABLES = (
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "IMDS_ENDPOINT",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_AUTHORITY_HOST",
+)
+"""Variables that would route a credential (or a chain) to some other identity source: never inherited."""
+
+
 @pytest.fixture(autouse=True)
 def _never_the_real_imds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", UNREACHABLE_IMDS)
-    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT"):
+    for name in AMBIENT_IDENTITY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -29,17 +42,10 @@ def _session_emulator() -> Iterator[Emulator]:
 
 @pytest.fixture
 def emulator(_session_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
-    """The emulator, pointed at by AZURE_POD_IDENTITY_AUTHORITY_HOST, with no faults and zeroed counters."""
+    """The emulator, pointed at by AZURE_POD_IDENTITY_AUTHORITY_HOST, reset to its state at start."""
     emu = _session_emulator
-    saved: dict[str, Any] = {
-        name: getattr(emu, name)
-        for name in ("require_attestation", "cert_lifetime", "token_lifetime", "refresh_in", "v1_only")
-    }
-    emu.clear_faults()
-    emu.reset_calls()
+    emu.reset()
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", emu.imds_url)
     monkeypatch.delenv("MSAL_MI_DISABLE_IMDS_V2", raising=False)
     yield emu
-    emu.clear_faults()
-    for name, value in saved.items():
-        setattr(emu, name, value)
+    emu.reset()

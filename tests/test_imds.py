@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -189,7 +190,7 @@ def test_retry_policy_on_a_real_pipeline(emulator) -> None:  # type: ignore[no-u
 
     slept: list[float] = []
     emulator.inject("getplatformmetadata", "status", count=2, status=503)
-    request = _imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), "c")
+    request = _imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), str(uuid.uuid4()))
     with Pipeline(RequestsTransport(), policies=[_imds.ImdsRetryPolicy(sleep=slept.append)]) as pipeline:
         response = pipeline.run(request).http_response
         assert response.status_code == 200
@@ -198,12 +199,16 @@ def test_retry_policy_on_a_real_pipeline(emulator) -> None:  # type: ignore[no-u
         for fault, params, status in (("status", {"status": 404}, 404), ("no_server_header", {}, 200)):
             emulator.inject("getplatformmetadata", fault, count=1, **params)
             probe = _imds.call_options(probe=True)
-            response = pipeline.run(_imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), "c"), **probe)
+            response = pipeline.run(
+                _imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), str(uuid.uuid4())), **probe
+            )
             assert response.http_response.status_code == status and len(slept) == 2
         # ... while a probe that reaches a busy IMDS retries by the usual rule.
         emulator.inject("getplatformmetadata", "status", count=1, status=503)
         probe = _imds.call_options(probe=True)
-        response = pipeline.run(_imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), "c"), **probe)
+        response = pipeline.run(
+            _imds.metadata_request(emulator.imds_url, _imds.IdentitySelector(), str(uuid.uuid4())), **probe
+        )
         assert response.http_response.status_code == 200 and len(slept) == 3
 
 

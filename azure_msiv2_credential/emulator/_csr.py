@@ -113,18 +113,21 @@ def _check_signature_algorithm(sig_alg: _der.Tlv) -> None:
 
 
 def _check_subject(subject: _der.Tlv, client_id: str, tenant_id: str) -> None:
+    rdns = subject.children()
+    if len(rdns) != 2:
+        raise CsrRejected("subject must be exactly two RDNs: CN=<clientId> then DC=<tenantId>")
     seen: dict[str, tuple[int, bytes]] = {}
-    for rdn in subject.children():
-        for atv in rdn.expect(_der.SET, "relative distinguished name").children():
-            parts = atv.expect(_der.SEQUENCE, "attribute type and value").children()
-            if len(parts) != 2:
-                raise CsrRejected("subject attribute must be a type and a value")
-            oid = _der.decode_oid(parts[0])
-            if oid in seen:
-                raise CsrRejected(f"subject repeats attribute {oid}")
-            seen[oid] = (parts[1].tag, parts[1].content)
-    if set(seen) != {_COMMON_NAME, _DOMAIN_COMPONENT}:
-        raise CsrRejected("subject must be exactly CN=<clientId> and DC=<tenantId>")
+    for rdn, wanted in zip(rdns, (_COMMON_NAME, _DOMAIN_COMPONENT)):
+        atvs = rdn.expect(_der.SET, "relative distinguished name").children()
+        if len(atvs) != 1:
+            raise CsrRejected("each subject RDN must hold exactly one attribute (no multi-valued RDNs)")
+        parts = atvs[0].expect(_der.SEQUENCE, "attribute type and value").children()
+        if len(parts) != 2:
+            raise CsrRejected("subject attribute must be a type and a value")
+        oid = _der.decode_oid(parts[0])
+        if oid != wanted:
+            raise CsrRejected("subject must be exactly CN=<clientId> then DC=<tenantId>, in that order")
+        seen[oid] = (parts[1].tag, parts[1].content)
     cn_tag, cn_value = seen[_COMMON_NAME]
     if cn_tag != _der.UTF8_STRING:
         raise CsrRejected("subject CN must be a UTF8String")

@@ -12,13 +12,21 @@ ENDPOINTS = (*IMDS_ENDPOINTS, "token", "resource")
 
 _GENERIC = frozenset({"status", "delay", "malformed"})
 ALLOWED: dict[str, frozenset[str]] = {
-    "getplatformmetadata": _GENERIC | {"no_server_header", "missing_field"},
-    "issuecredential": _GENERIC | {"no_server_header", "missing_field", "foreign_key_cert", "expired_cert"},
-    "v1token": _GENERIC | {"no_server_header"},
-    "token": _GENERIC | {"bearer", "wrong_cnf", "invalid_client"},
+    "getplatformmetadata": _GENERIC | {"no_server_header", "server_header", "missing_field"},
+    "issuecredential": _GENERIC
+    | {"no_server_header", "server_header", "missing_field", "foreign_key_cert", "expired_cert"},
+    "v1token": _GENERIC | {"no_server_header", "server_header"},
+    "token": _GENERIC | {"bearer", "wrong_cnf", "invalid_client", "reject_handshake"},
     "resource": _GENERIC,
 }
-_REQUIRED_PARAMS = {"status": ("status",), "delay": ("seconds",), "missing_field": ("field",)}
+_REQUIRED_PARAMS = {
+    "status": ("status",),
+    "delay": ("seconds",),
+    "missing_field": ("field",),
+    "server_header": ("value",),
+}
+HANDSHAKE_FAULTS = frozenset({"reject_handshake"})
+"""Faults applied during the TLS handshake, before any HTTP request (and so before the call is counted)."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,20 @@ class FaultQueue:
             self._queues[endpoint].extend(Fault(fault, dict(params)) for _ in range(count))
 
     def next(self, endpoint: str) -> Fault | None:
-        """Take the fault for this call of ``endpoint``, if any."""
+        """Take the fault for this call of ``endpoint``, if any.
+
+        A handshake fault at the head of the queue is left for the next TLS handshake: a request on a
+        connection that is already established never consumes it.
+        """
         with self._lock:
             queue = self._queues[endpoint]
-            return queue.popleft() if queue else None
+            return queue.popleft() if queue and queue[0].name not in HANDSHAKE_FAULTS else None
+
+    def next_if(self, endpoint: str, names: frozenset[str]) -> Fault | None:
+        """Take the fault for ``endpoint`` only when the one at the head of its queue is one of ``names``."""
+        with self._lock:
+            queue = self._queues[endpoint]
+            return queue.popleft() if queue and queue[0].name in names else None
 
     def pending(self, endpoint: str) -> int:
         with self._lock:

@@ -49,6 +49,8 @@ class LoopbackServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = socket.SOMAXCONN
+    """listen() backlog: the default 5 drops SYNs under a burst of connects, costing the client a 1 s retransmit."""
 
     def __init__(
         self,
@@ -56,10 +58,13 @@ class LoopbackServer(ThreadingHTTPServer):
         handler: type[BaseHandler],
         state: EmulatorState,
         ssl_context: ssl.SSLContext | None = None,
+        reject_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.state = state
         self.ssl_context = ssl_context
+        self.reject_context = reject_context
+        """Used instead of ``ssl_context`` for a ``reject_handshake`` fault: trusts no client certificate."""
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._workers: set[threading.Thread] = set()
@@ -99,10 +104,19 @@ class LoopbackServer(ThreadingHTTPServer):
                 super().finish_request(conn, client_address)
                 return
             conn.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                tls = self.ssl_context.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
+            context, rejecting = self.ssl_context, False
+            if self.reject_context is not None and self.state.take_handshake_fault(self.name) is not None:
+                # Counted up front: the client may see the alert before wrap_socket returns here.
+                context, rejecting = self.reject_context, True
                 self.state.record_tls_rejection(self.name)
+            try:
+                tls = context.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                if not rejecting:
+                    self.state.record_tls_rejection(self.name)
+                return
+            if rejecting:  # unreachable: no client certificate chains to the reject-all CA
+                tls.close()
                 return
             if not self._track(tls, add=True):
                 tls.close()
@@ -155,6 +169,10 @@ class BaseHandler(BaseHTTPRequestHandler):
     query: dict[str, str]
     path_only = "/"
     emit_server_header = True
+    server_header_value: str | None = None
+    """Replaces ``server_header`` for one response (the ``server_header`` fault)."""
+    headers_started = False
+    """True once this request's status line went out: nothing else may be written for it."""
 
     @property
     def state(self) -> EmulatorState:
@@ -178,9 +196,18 @@ class BaseHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
-    def _dispatch(self) -> None:
+    def reset_request(self) -> None:
+        """Forget everything about the previous request on this connection (overridden to reset more)."""
         self.emit_server_header = True
+        self.server_header_value = None
+        self.headers_started = False
+        self.fault_answered = False
         self.body = b""
+        self.query = {}
+        self.path_only = "/"
+
+    def _dispatch(self) -> None:
+        self.reset_request()
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             self.respond_json(411, {"error": "invalid_request", "error_description": "send Content-Length"})
@@ -205,9 +232,11 @@ class BaseHandler(BaseHTTPRequestHandler):
         try:
             self.handle_request()
         except Exception as exc:
-            # An emulator bug must surface as a 500 the test can read, not as a dropped connection.
+            # An emulator bug must surface as a 500 the test can read, not as a dropped connection;
+            # once a response started, the only safe signal left is closing the connection.
             self.close_connection = True
-            self.json_error(500, "server_error", f"emulator error: {type(exc).__name__}")
+            if not self.headers_started:
+                self.json_error(500, "server_error", f"emulator error: {type(exc).__name__}")
 
     def handle_request(self) -> None:
         raise NotImplementedError
@@ -227,9 +256,11 @@ class BaseHandler(BaseHTTPRequestHandler):
         extra = dict(headers or {})
         names = {name.lower() for name in extra}
         self.record_response(status)  # before sending: the client may look as soon as it has the answer
+        self.headers_started = True
         self.send_response_only(status)
-        if self.emit_server_header and self.server_header:
-            self.send_header("Server", self.server_header)
+        server = self.server_header_value or self.server_header
+        if self.emit_server_header and server:
+            self.send_header("Server", server)
         self.send_header("Date", self.date_time_string())
         self.send_header("x-ms-request-id", str(uuid.uuid4()))
         client_request_id = self.headers.get("x-ms-client-request-id")
@@ -241,6 +272,8 @@ class BaseHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         for name, value in extra.items():
             self.send_header(name, value)
+        if self.close_connection and "connection" not in names:
+            self.send_header("Connection", "close")  # the server hangs up after this answer: tell the client
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
@@ -268,6 +301,8 @@ class BaseHandler(BaseHTTPRequestHandler):
             return None
         if fault.name == "no_server_header":
             self.emit_server_header = False
+        elif fault.name == "server_header":
+            self.server_header_value = str(fault.params["value"])
         elif fault.name == "status":
             body = fault.params.get("body")
             payload = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from typing import Any
 
@@ -27,7 +28,28 @@ ATTESTATION_MISSING = "Attestation Token is missing / empty in the issue credent
 METADATA_HEADER_MISSING = "Required metadata header not specified"
 UNSUPPORTED_QUERY = "Unsupported query variables"
 IDENTITY_NOT_FOUND = "Identity not found"
+CLIENT_REQUEST_ID_INVALID = "x-ms-client-request-id must be a UUID"
 _V1_SELECTORS = ("client_id", "object_id", "msi_res_id", "mi_res_id")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_PARAMETER = re.compile(r'\s*;\s*[!#$%&\'*+.^_`|~0-9A-Za-z-]+=(?:[!#$%&\'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\]|\\.)*")')
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """True for exactly ``application/json`` (any case), optionally followed by ``; name=value`` parameters."""
+    if not content_type:
+        return False
+    media_type, separator, rest = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
+        return False
+    if not separator:
+        return True
+    position, params = 0, ";" + rest
+    while params[position:].strip():
+        match = _PARAMETER.match(params, position)
+        if match is None:
+            return False
+        position = match.end()
+    return position > 0
 
 
 class _Rejected(Exception):
@@ -50,6 +72,8 @@ class ImdsHandler(BaseHandler):
             self.respond_json(404, {"error": "not_found", "error_description": "no such IMDS path"})
             return
         endpoint, method, answer = route
+        client_request_id = self.headers.get("x-ms-client-request-id")
+        self.state.record_imds_request(endpoint, client_request_id)
         fault = self.begin_call(endpoint)
         if self.fault_answered:
             return
@@ -59,8 +83,12 @@ class ImdsHandler(BaseHandler):
         if self.state.v1_only and endpoint != "v1token":
             self.respond_json(404, {"error": "not_found", "error_description": "MSI v2 is not available"})
             return
-        if (self.headers.get("Metadata") or "").lower() != "true":
+        if self.headers.get_all("Metadata") != ["true"]:  # exactly one header, exactly "true"
             self.json_error(400, "invalid_request", METADATA_HEADER_MISSING)
+            return
+        request_ids = self.headers.get_all("x-ms-client-request-id") or []
+        if endpoint != "v1token" and (len(request_ids) != 1 or not _UUID.fullmatch(request_ids[0])):
+            self.json_error(400, "invalid_request", CLIENT_REQUEST_ID_INVALID)
             return
         try:
             answer(fault)
@@ -124,7 +152,7 @@ class ImdsHandler(BaseHandler):
 
     def _read_issue_body(self) -> tuple[bytes, str | None]:
         """The CSR DER and the attestation token (None when omitted) from the JSON body."""
-        if not (self.headers.get("Content-Type") or "").lower().startswith("application/json"):
+        if not is_json_media_type(self.headers.get("Content-Type")):
             raise _Rejected("Content-Type must be application/json")
         try:
             body = json.loads(self.body)

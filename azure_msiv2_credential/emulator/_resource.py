@@ -23,6 +23,8 @@ from ._http import BaseHandler
 from ._state import ResourceRequest, thumbprint
 
 STORAGE_VERSION = "2025-11-05"
+KEY_VAULT_AUDIENCE = "https://vault.azure.net"
+STORAGE_AUDIENCE = "https://storage.azure.com"
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 _NBF_LEEWAY = 300
 
@@ -56,6 +58,12 @@ class ResourceHandler(BaseHandler):
 
     _record: tuple[str | None, str | None, bool] = (None, None, False)
 
+    def reset_request(self) -> None:
+        # Kept-alive connections reuse this handler: an answer sent before handle_request (411, 413,
+        # duplicate parameter) must not be recorded with the previous request's facts.
+        super().reset_request()
+        self._record = (None, None, False)
+
     def handle_request(self) -> None:
         peer = cast("ssl.SSLSocket", self.connection).getpeercert(binary_form=True)
         cert_thumbprint = thumbprint(peer) if peer else None
@@ -69,7 +77,7 @@ class ResourceHandler(BaseHandler):
         if self.fault_answered:
             return
         try:
-            self._authorize(authorization, cert_thumbprint)
+            self._authorize(authorization, cert_thumbprint, key_vault=is_key_vault, token_bound_auth=bound)
         except _Unauthorized as exc:
             self._unauthorized(exc, key_vault=is_key_vault)
             return
@@ -80,18 +88,22 @@ class ResourceHandler(BaseHandler):
 
     def record_response(self, status: int) -> None:
         scheme, cert_thumbprint, bound = self._record
-        self.state.last_resource_request = ResourceRequest(
-            method=self.command,
-            path=self.path_only,
-            status=status,
-            auth_scheme=scheme,
-            cert_thumbprint=cert_thumbprint,
-            token_bound_auth=bound,
+        self.state.record_resource_request(
+            ResourceRequest(
+                method=self.command,
+                path=self.path_only,
+                status=status,
+                auth_scheme=scheme,
+                cert_thumbprint=cert_thumbprint,
+                token_bound_auth=bound,
+            )
         )
 
     # --- authorization ----------------------------------------------------------------------
 
-    def _authorize(self, authorization: str | None, cert_thumbprint: str | None) -> None:
+    def _authorize(
+        self, authorization: str | None, cert_thumbprint: str | None, *, key_vault: bool, token_bound_auth: bool
+    ) -> None:
         if not authorization:
             raise _Unauthorized("NoAuthenticationInformation", "Authorization header is missing")
         scheme, _, token = authorization.partition(" ")
@@ -117,6 +129,14 @@ class ResourceHandler(BaseHandler):
             raise _Unauthorized(
                 "InvalidAuthenticationInfo", "access token is bound to a different certificate than this connection's"
             )
+        service = KEY_VAULT_AUDIENCE if key_vault else STORAGE_AUDIENCE
+        if claims.get("aud") not in (self.state.resource_url, service):
+            raise _Unauthorized(
+                "InvalidAuthenticationInfo",
+                f"access token audience must be {self.state.resource_url} or {service}",
+            )
+        if key_vault and not token_bound_auth:
+            raise _Unauthorized("InvalidAuthenticationInfo", "token-bound requests must send x-ms-tokenboundauth: true")
 
     def _unauthorized(self, problem: _Unauthorized, *, key_vault: bool) -> None:
         challenge = (

@@ -12,7 +12,7 @@ from types import TracebackType
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ._ca import new_rsa_key
+from ._ca import CertificateAuthority, new_rsa_key
 from ._http import BaseHandler, LoopbackServer
 from ._identity import Identity
 from ._imds import ImdsHandler
@@ -29,7 +29,9 @@ class Emulator(EmulatorState):
     """A local IMDS v2 + mTLS token service + token-bound resource, for tests and demos.
 
     Settings (``require_attestation``, ``v1_only``, ``cert_lifetime``, ``token_lifetime``,
-    ``refresh_in``, ``cu_id``, ``secrets``, ``blobs``) may be changed while it runs.
+    ``refresh_in``, ``cu_id``, ``attestation_endpoint``, ``secrets``, ``blobs``) may be changed while
+    it runs; :meth:`reset` restores the values they had at :meth:`start` and clears faults, counters
+    and records.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Emulator(EmulatorState):
         if self._started:
             raise RuntimeError("an Emulator can be started once")
         self._started = True
+        self.snapshot_settings()
         try:
             self._tmpdir = tempfile.mkdtemp(prefix="msiv2-emulator-")
             bundle = os.path.join(self._tmpdir, "ca.pem")
@@ -78,23 +81,28 @@ class Emulator(EmulatorState):
             server_key = new_rsa_key()
             server_cert = self._ca.issue_server_certificate(server_key)
             ca = self.ca_certificate
-            plan: list[tuple[str, type[BaseHandler], ssl.SSLContext | None, str]] = [
-                ("imds", ImdsHandler, None, "http://127.0.0.1:{}"),
+            # The reject_handshake fault: the same server identity, but client certificates must chain to
+            # a throwaway CA whose key is dropped at once, so no client certificate can pass.
+            nobody = CertificateAuthority("MSI v2 Emulator Reject-All CA").certificate
+            plan: list[tuple[str, type[BaseHandler], ssl.SSLContext | None, ssl.SSLContext | None, str]] = [
+                ("imds", ImdsHandler, None, None, "http://127.0.0.1:{}"),
                 (
                     "token",
                     TokenServiceHandler,
                     server_context(server_cert, server_key, ca, ssl.CERT_REQUIRED),
+                    server_context(server_cert, server_key, nobody, ssl.CERT_REQUIRED),
                     "https://localhost:{}",
                 ),
                 (
                     "resource",
                     ResourceHandler,
                     server_context(server_cert, server_key, ca, ssl.CERT_OPTIONAL),
+                    None,
                     "https://localhost:{}",
                 ),
             ]
-            for name, handler, context, url in plan:
-                server = LoopbackServer(name, handler, self, context)
+            for name, handler, context, reject, url in plan:
+                server = LoopbackServer(name, handler, self, context, reject)
                 self._servers.append(server)
                 self._urls[name] = url.format(server.port)
             for server in self._servers:

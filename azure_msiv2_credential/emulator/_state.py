@@ -6,6 +6,7 @@ The request handlers read this state on every request, so settings changed by a 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -23,11 +24,23 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import _jwt
 from ._ca import CLOCK_SKEW, CertificateAuthority, new_rsa_key, utcnow
-from ._faults import Fault, FaultQueue
+from ._faults import HANDSHAKE_FAULTS, Fault, FaultQueue
 from ._identity import Identity, default_identities
 
 DEFAULT_ATTESTATION_ENDPOINT = "https://sharedeus2.eus2.attest.azure.net"
 SELECTORS_V2 = ("client_id", "object_id", "mi_res_id")
+SETTINGS = (
+    "require_attestation",
+    "cert_lifetime",
+    "token_lifetime",
+    "refresh_in",
+    "v1_only",
+    "cu_id",
+    "attestation_endpoint",
+    "secrets",
+    "blobs",
+)
+"""The run-time settings :meth:`EmulatorState.reset` restores to their values when the emulator started."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,10 @@ class EmulatorState:
         self.tls_rejections: Counter[str] = Counter()
         self.issued_certificates: list[x509.Certificate] = []
         self.last_resource_request: ResourceRequest | None = None
+        self.resource_requests: list[ResourceRequest] = []
+        """Every request the resource answered, in order (append-only; cleared by :meth:`reset`)."""
+        self.imds_requests: list[tuple[str, str | None]] = []
+        """``(endpoint, x-ms-client-request-id)`` of every routed IMDS call, in order (cleared by :meth:`reset`)."""
         self.created_at = int(time.time())
 
         self._lock = threading.Lock()
@@ -93,6 +110,8 @@ class EmulatorState:
         self._token_key = new_rsa_key()
         self._token_kid = spki_sha256(self._token_key.public_key())[:27]
         self._urls: dict[str, str] = {}
+        self._settings: dict[str, Any] = {}
+        self.snapshot_settings()
 
     # --- identities -------------------------------------------------------------------------
 
@@ -136,6 +155,36 @@ class EmulatorState:
     def record_tls_rejection(self, server: str) -> None:
         with self._lock:
             self.tls_rejections[server] += 1
+
+    def record_resource_request(self, request: ResourceRequest) -> None:
+        with self._lock:
+            self.resource_requests.append(request)
+            self.last_resource_request = request
+
+    def record_imds_request(self, endpoint: str, client_request_id: str | None) -> None:
+        with self._lock:
+            self.imds_requests.append((endpoint, client_request_id))
+
+    def take_handshake_fault(self, server: str) -> Fault | None:
+        """The handshake fault queued for ``server``'s endpoint, consumed, or None."""
+        return self._faults.next_if(server, HANDSHAKE_FAULTS)
+
+    def snapshot_settings(self) -> None:
+        """Remember the current value of every setting in :data:`SETTINGS` for :meth:`reset`."""
+        self._settings = {name: copy.deepcopy(getattr(self, name)) for name in SETTINGS}
+
+    def reset(self) -> None:
+        """Back to the state at start: settings restored; faults, counters and records cleared."""
+        for name, value in self._settings.items():
+            setattr(self, name, copy.deepcopy(value))
+        self._faults.clear()
+        with self._lock:
+            self.calls.clear()
+            self.tls_rejections.clear()
+            self.issued_certificates.clear()
+            self.resource_requests.clear()
+            self.imds_requests.clear()
+            self.last_resource_request = None
 
     def reset_calls(self) -> None:
         """Zero ``calls`` and ``tls_rejections``."""

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from azure_msiv2_credential.emulator import Emulator, Identity
 
 CUID_OID = ObjectIdentifier("1.3.6.1.4.1.311.90.2.10")
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-METADATA = {"Metadata": "true"}
+METADATA = {"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4())}
+"""The headers both IMDS v2 calls need (one correlation id is enough for the emulator's checks)."""
 
 
 # --- CSRs --------------------------------------------------------------------------------------
@@ -45,14 +47,16 @@ def build_csr(
     extra_attributes: list[tuple[ObjectIdentifier, bytes]] | None = None,
     rsa_padding: Any = PSS,
     hash_algorithm: Any = None,
+    subject: Callable[[x509.NameAttribute, x509.NameAttribute], x509.Name] | None = None,
 ) -> bytes:
-    """DER of a CSR built with cryptography's builder (which can sign RSASSA-PSS)."""
-    names = [
-        x509.NameAttribute(NameOID.COMMON_NAME, cn, _type=cn_type),
-        x509.NameAttribute(NameOID.DOMAIN_COMPONENT, dc, _type=dc_type),
-        *(extra_name or []),
-    ]
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
+    """DER of a CSR built with cryptography's builder (which can sign RSASSA-PSS).
+
+    ``subject`` arranges the CN and DC attributes into a name of its own (order, RDN grouping).
+    """
+    cn_attr = x509.NameAttribute(NameOID.COMMON_NAME, cn, _type=cn_type)
+    dc_attr = x509.NameAttribute(NameOID.DOMAIN_COMPONENT, dc, _type=dc_type)
+    name = subject(cn_attr, dc_attr) if subject else x509.Name([cn_attr, dc_attr, *(extra_name or [])])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(name)
     if cuid is not None:
         builder = builder.add_attribute(CUID_OID, cuid.encode(), _tag=cuid_type)
     for oid, value in extra_attributes or []:

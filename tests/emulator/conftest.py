@@ -35,21 +35,10 @@ def _running() -> Iterator[Emulator]:
 
 @pytest.fixture
 def emu(_running: Emulator) -> Iterator[Emulator]:
-    """The module's emulator, with settings, faults and counters back to defaults for each test."""
-    cu_id = dict(_running.cu_id)
+    """The module's emulator, with settings, faults, counters and records back to their start state."""
+    _running.reset()
     yield _running
-    _running.clear_faults()
-    _running.reset_calls()
-    _running.require_attestation = False
-    _running.v1_only = False
-    _running.cert_lifetime = 2 * 24 * 3600
-    _running.token_lifetime = 3600
-    _running.refresh_in = None
-    _running.cu_id = cu_id
-    _running.secrets = {"demo-secret": "hello from the token-bound resource"}
-    _running.blobs = {"demo": {"hello.txt": b"hello blob"}}
-    _running.last_resource_request = None
-    _running.issued_certificates.clear()
+    _running.reset()
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def call(
         minted, token = pop()
         return lambda: requests.get(
             f"{emu.resource_url}/secrets/demo-secret?api-version=7.5",
-            headers={"Authorization": f"mtls_pop {token}"},
+            headers={"Authorization": f"mtls_pop {token}", "x-ms-tokenboundauth": "true"},
             cert=minted.cert,
             verify=emu.ca_bundle_path,
             timeout=10,

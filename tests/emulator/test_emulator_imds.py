@@ -288,7 +288,29 @@ CSR_CASES: dict[str, tuple[Any, str]] = {
     "wrong dc": (lambda emu, key: _bad(emu, key, dc="other-tenant"), "subject DC must equal the tenantId"),
     "extra ou": (
         lambda emu, key: _bad(emu, key, extra_name=[x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x")]),
-        "subject must be exactly CN=<clientId> and DC=<tenantId>",
+        "subject must be exactly two RDNs",
+    ),
+    "dc before cn": (
+        lambda emu, key: _bad(emu, key, subject=lambda cn, dc: x509.Name([dc, cn])),
+        "subject must be exactly CN=<clientId> then DC=<tenantId>, in that order",
+    ),
+    "cn and dc in one rdn": (
+        lambda emu, key: _bad(
+            emu,
+            key,
+            subject=lambda cn, dc: x509.Name(
+                [x509.RelativeDistinguishedName([cn, dc]), x509.RelativeDistinguishedName([dc])]
+            ),
+        ),
+        "each subject RDN must hold exactly one attribute",
+    ),
+    "multi-valued rdn only": (
+        lambda emu, key: _bad(emu, key, subject=lambda cn, dc: x509.Name([x509.RelativeDistinguishedName([cn, dc])])),
+        "subject must be exactly two RDNs",
+    ),
+    "cn twice": (
+        lambda emu, key: _bad(emu, key, subject=lambda cn, dc: x509.Name([cn, cn])),
+        "subject must be exactly CN=<clientId> then DC=<tenantId>, in that order",
     ),
     "no attribute": (lambda emu, key: _bad(emu, key, cuid=None), "csr must hold exactly one attribute"),
     "two attributes": (

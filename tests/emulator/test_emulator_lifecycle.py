@@ -135,7 +135,7 @@ def test_tls_key_fallback_is_encrypted_and_deleted(monkeypatch: pytest.MonkeyPat
     with Emulator() as emu:
         response = requests.get(f"{emu.resource_url}/secrets/x?api-version=7.5", verify=emu.ca_bundle_path, timeout=10)
         assert response.status_code == 401
-    assert len(seen) == 2  # token service and resource contexts
+    assert len(seen) == 3  # token service (its own and the reject_handshake one) and resource contexts
     for path, content in seen.items():
         assert not os.path.exists(path)
         assert b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in content

@@ -33,10 +33,14 @@ def get(
     scheme: str = "mtls_pop",
     headers: dict[str, str] | None = None,
     method: str = "GET",
+    token_bound_auth: bool = True,
 ) -> requests.Response:
+    """A raw request; a token on a Key Vault path goes with ``x-ms-tokenboundauth: true`` unless told not to."""
     all_headers = dict(headers or {})
     if token is not None:
         all_headers["Authorization"] = f"{scheme} {token}"
+        if token_bound_auth and path.startswith("/secrets"):
+            all_headers.setdefault("x-ms-tokenboundauth", "true")
     return requests.request(
         method, f"{emu.resource_url}{path}", headers=all_headers, cert=cert, verify=emu.ca_bundle_path, timeout=10
     )
@@ -129,6 +133,48 @@ def test_unbound_v1_token_is_rejected(emu: Emulator, mint: Callable[..., Minted]
     response = get(emu, "/secrets/demo-secret?api-version=7.5", minted.cert, v1)
     assert response.status_code == 401
     assert "not bound" in response.json()["error"]["message"]
+
+
+def test_key_vault_requires_the_token_bound_auth_header(emu: Emulator, pop: Callable[..., tuple[Minted, str]]) -> None:
+    minted, token = pop()
+    response = get(emu, "/secrets/demo-secret?api-version=7.5", minted.cert, token, token_bound_auth=False)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "Unauthorized"
+    assert "x-ms-tokenboundauth" in response.json()["error"]["message"]
+    false = get(emu, "/secrets/demo-secret?api-version=7.5", minted.cert, token, headers={"x-ms-tokenboundauth": "no"})
+    assert false.status_code == 401
+    # Blob has no such header.
+    assert get(emu, "/demo/hello.txt", minted.cert, token).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("scope", "secrets_status", "blob_status"),
+    [
+        (None, 200, 200),  # the resource's own URL serves both shapes
+        ("https://vault.azure.net/.default", 200, 401),
+        ("https://storage.azure.com/.default", 401, 200),
+        ("https://management.azure.com/.default", 401, 401),
+        ("https://vault.azure.net/extra/.default", 401, 401),
+    ],
+)
+def test_resource_checks_the_token_audience(
+    emu: Emulator,
+    pop: Callable[..., tuple[Minted, str]],
+    scope: str | None,
+    secrets_status: int,
+    blob_status: int,
+) -> None:
+    minted, token = pop(scope)
+    secrets = get(emu, "/secrets/demo-secret?api-version=7.5", minted.cert, token)
+    assert secrets.status_code == secrets_status, secrets.text
+    if secrets_status == 401:
+        assert secrets.json()["error"]["code"] == "Unauthorized"
+        assert "audience" in secrets.json()["error"]["message"]
+    blob = get(emu, "/demo/hello.txt", minted.cert, token)
+    assert blob.status_code == blob_status, blob.text
+    if blob_status == 401:
+        assert blob.headers["x-ms-error-code"] == "InvalidAuthenticationInfo"
+        assert "audience" in blob.text
 
 
 def test_tampered_and_expired_tokens_are_rejected(emu: Emulator, pop: Callable[..., tuple[Minted, str]]) -> None:

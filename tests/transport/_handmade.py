@@ -135,9 +135,12 @@ class HandmadeCredential:
 
 
 def wait_record(emu: Emulator, timeout: float = 5.0) -> ResourceRequest:
-    """The resource's record of the last request, waiting for it: the emulator records *after* answering.
+    """The resource's record of the last request.
 
-    Callers set ``emu.last_resource_request = None`` before the request they want to see.
+    The emulator records a request *before* it sends the answer, so once the client holds the response
+    the record is there; the wait only guards against a test asking before its request went out.
+    Callers set ``emu.last_resource_request = None`` before the request they want to see (or read the
+    append-only ``emu.resource_requests``).
     """
     deadline = time.monotonic() + timeout
     while emu.last_resource_request is None:

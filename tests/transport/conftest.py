@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-import importlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+import azure_msiv2_credential
+from azure_msiv2_credential import aio
 from azure_msiv2_credential.emulator import Emulator
 
 from ._handmade import HandmadeCredential
@@ -26,12 +25,9 @@ _PROXY_VARIABLES = (
 
 
 @pytest.fixture
-def emu(emulator: Emulator) -> Iterator[Emulator]:
-    """The suite's emulator (IMDS env set, faults cleared) with its data and last record restored too."""
-    saved_secrets, saved_blobs = dict(emulator.secrets), copy.deepcopy(emulator.blobs)
-    emulator.last_resource_request = None
-    yield emulator
-    emulator.secrets, emulator.blobs = saved_secrets, saved_blobs
+def emu(emulator: Emulator) -> Emulator:
+    """The suite's emulator: IMDS env set, and ``Emulator.reset()`` before and after (by ``emulator``)."""
+    return emulator
 
 
 @pytest.fixture
@@ -53,9 +49,5 @@ def _no_ambient_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def real_credential_class(asynchronous: bool = False) -> Any:
-    """The credential class (sync or async), or skip while it does not exist yet."""
-    module = "azure_msiv2_credential.aio" if asynchronous else "azure_msiv2_credential"
-    try:
-        return importlib.import_module(module).MsiV2ManagedIdentityCredential
-    except (ImportError, AttributeError) as exc:
-        pytest.skip(f"MsiV2ManagedIdentityCredential is not available yet: {exc}")
+    """The credential class (sync or async); a missing one is a failure, not a skip."""
+    return aio.MsiV2ManagedIdentityCredential if asynchronous else azure_msiv2_credential.MsiV2ManagedIdentityCredential

@@ -17,28 +17,24 @@ from azure.keyvault.secrets.aio import SecretClient as AsyncSecretClient
 from urllib3 import HTTPResponse
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from azure_msiv2_credential._native.winhttp import WINHTTP_ACCESS_TYPE_NO_PROXY, WinHttpError
 from azure_msiv2_credential._registry import BindingRegistry
 from azure_msiv2_credential.emulator import Emulator
+from azure_msiv2_credential.keys.keyguard import KeyGuardKeyProvider
 from azure_msiv2_credential.transport import (
     AsyncBindingTransport,
     AsyncMtlsPopTransport,
     BindingTransport,
     MtlsPopTransport,
 )
+from azure_msiv2_credential.transport._keyguard import _requests_error, _WinHttpBody, winhttp_session
 
+from .._toolchain import skip_or_fail
+from ..native._fakes import FakesUnavailable, FakeWin
 from ._handmade import mint_binding, request_token, wait_record
 from .conftest import real_credential_class
 
 SECRET = "/secrets/demo-secret?api-version=7.5"
-
-try:
-    from azure_msiv2_credential._native.winhttp import WINHTTP_ACCESS_TYPE_NO_PROXY, WinHttpError
-    from azure_msiv2_credential.keys.keyguard import KeyGuardKeyProvider
-    from azure_msiv2_credential.transport._keyguard import _requests_error, _WinHttpBody, winhttp_session
-
-    from ..native._fakes import FakesUnavailable, FakeWin
-except ImportError as exc:  # the native binding or its fakes are not there (yet)
-    pytest.skip(f"KeyGuard fakes unavailable: {exc}", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,8 @@ def fakewin() -> FakeWin:
     try:
         return FakeWin.load()
     except FakesUnavailable as exc:
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
+        raise  # unreachable: skip_or_fail always raises
 
 
 @pytest.fixture

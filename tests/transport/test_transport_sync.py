@@ -53,14 +53,23 @@ def test_bound_token_goes_with_its_certificate(handmade: HandmadeCredential, emu
     assert request.headers["Authorization"] == f"mtls_pop {token}"
 
 
+BLOB = "/demo/hello.txt"
+
+
 def test_mtls_pop_scheme_is_recognised_and_extra_header_is_optional(
     handmade: HandmadeCredential, emu: Emulator
 ) -> None:
     token = handmade.get_token_info(_scope(emu)).token
     with MtlsPopTransport(handmade, connection_verify=emu.ca_bundle_path, token_bound_auth_header=False) as transport:
-        response = transport.send(_get(emu.resource_url + SECRET, token, scheme="mtls_pop"))
-    assert response.status_code == 200
-    assert wait_record(emu).token_bound_auth is False
+        blob = transport.send(_get(emu.resource_url + BLOB, token, scheme="mtls_pop"))
+        assert blob.status_code == 200, blob.text()  # Blob does not need x-ms-tokenboundauth
+        assert wait_record(emu).token_bound_auth is False
+        emu.last_resource_request = None
+        secret = transport.send(_get(emu.resource_url + SECRET, token, scheme="mtls_pop"))
+        assert secret.status_code == 401  # Key Vault's token-binding endpoint does
+        assert "x-ms-tokenboundauth" in secret.json()["error"]["message"]
+    seen = wait_record(emu)
+    assert (seen.auth_scheme, seen.token_bound_auth, seen.status) == ("mtls_pop", False, 401)
 
 
 def test_legacy_request_type_works(handmade: HandmadeCredential, emu: Emulator) -> None:
