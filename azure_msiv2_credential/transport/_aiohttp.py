@@ -45,7 +45,7 @@ class AsyncBindingTransport(AsyncHttpTransport[HttpRequest, AsyncHttpResponse]):
     ``await send(request, msiv2_binding=binding)`` presents ``binding``'s certificate; ``await
     send(request)`` uses a plain session without one. Accepts ``AioHttpTransport``'s options
     (``connection_verify``, ``connection_timeout``, ``read_timeout``, ``use_env_settings``, ``session`` for
-    the plain path) and ``proxies`` (a default for every request). ``connection_verify=False`` is refused.
+    the plain path) and ``proxies`` (a default for every request). turning ``connection_verify`` off is refused.
     """
 
     def __init__(self, **kwargs: Any) -> None:

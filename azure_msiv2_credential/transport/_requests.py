@@ -87,7 +87,7 @@ class BindingTransport(HttpTransport[HttpRequest, HttpResponse]):
     ``SSLContext``, KeyGuard keys through WinHTTP); ``send(request)`` uses a plain pool without one.
     Accepts ``RequestsTransport``'s options (``connection_verify``, ``connection_timeout``,
     ``read_timeout``, ``use_env_settings``, ...) and ``proxies`` (a default for every request; the
-    environment's proxies apply otherwise). ``connection_verify=False`` is refused.
+    environment's proxies apply otherwise). turning ``connection_verify`` off is refused.
     """
 
     def __init__(self, **kwargs: Any) -> None:

@@ -54,7 +54,7 @@ def check_verify(verify: object) -> Verify:
         return True
     if verify is False:
         raise ValueError(
-            "connection_verify=False is not supported: MSI v2 tokens are bound to TLS and verification "
+            "turning connection_verify off (False) is not supported: MSI v2 tokens are bound to TLS and verification "
             "is never switched off; pass the path of a CA bundle to trust a private CA"
         )
     if verify is True or isinstance(verify, str):
@@ -93,7 +93,7 @@ def ssl_context_for(binding: Binding, verify: Verify = True) -> ssl.SSLContext:
     """The client context presenting ``binding``'s certificate, built once and cached.
 
     Cached weakly by binding (bindings compare by identity), so a dropped binding frees its context.
-    Raises ``ValueError`` for ``verify=False`` and ``TypeError`` for a key that is not a software key:
+    Raises ``ValueError`` when verification is turned off (``False``) and ``TypeError`` for a key that is not a software key:
     a KeyGuard key cannot leave CNG and is used through WinHTTP instead.
     """
     verify = check_verify(verify)
