@@ -108,7 +108,9 @@ def token_transport_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Transport options for the token leg: the caller's TLS/timeout/proxy settings over our defaults."""
     verify = kwargs.get("connection_verify", True)
     if verify is False:
-        raise ValueError("turning connection_verify off (False) is not supported: MSI v2 never switches TLS verification off")
+        raise ValueError(
+            "turning connection_verify off (False) is not supported: MSI v2 never switches TLS verification off"
+        )
     if isinstance(verify, str) and not os.path.exists(verify):
         raise ValueError(f"connection_verify names a CA bundle that does not exist: {verify!r}")
     options: dict[str, Any] = {

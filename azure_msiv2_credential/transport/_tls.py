@@ -93,7 +93,7 @@ def ssl_context_for(binding: Binding, verify: Verify = True) -> ssl.SSLContext:
     """The client context presenting ``binding``'s certificate, built once and cached.
 
     Cached weakly by binding (bindings compare by identity), so a dropped binding frees its context.
-    Raises ``ValueError`` when verification is turned off (``False``) and ``TypeError`` for a key that is not a software key:
+    Raises ``ValueError`` when verification is turned off and ``TypeError`` for a key that is not a software key:
     a KeyGuard key cannot leave CNG and is used through WinHTTP instead.
     """
     verify = check_verify(verify)
