@@ -10,7 +10,7 @@ import hashlib
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional, Union
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
@@ -27,6 +27,8 @@ SCOPE = "https://vault.azure.net/.default"
 RESOURCE = "https://vault.azure.net"
 OTHER_SCOPE = "https://storage.azure.com/.default"
 METHODS = ("get_token", "get_token_info")
+#: The ``make`` fixture: builds a (sync or async) MSI v2 credential against the emulator.
+Factory = Callable[..., Any]
 #: A claims challenge as a resource would send it (the emulator echoes it into the token as ``xms_claims``).
 CLAIMS_CHALLENGE = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from azure_msiv2_credential.emulator import Emulator
+
+from ._helpers import METHODS, Factory, FakeClock, credential
 
 #: Nothing listens on the discard port of loopback: a test that forgets to point at the emulator gets a fast
 #: "connection refused" instead of sending traffic to the real link-local IMDS address.
@@ -49,3 +52,29 @@ def emulator(_session_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.delenv("MSAL_MI_DISABLE_IMDS_V2", raising=False)
     yield emu
     emu.reset()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The credential's clock, moved by the test (the emulator keeps real time)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make(emulator: Emulator, clock: FakeClock) -> Iterator[Factory]:
+    """Builds MSI v2 credentials against the emulator on ``clock``; closes them after the test."""
+    made: list[Any] = []
+
+    def _make(**kwargs: Any) -> Any:
+        made.append(credential(emulator, clock, **kwargs))
+        return made[-1]
+
+    yield _make
+    for cred in made:
+        cred.close()
+
+
+@pytest.fixture(params=METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    """Each behaviour test runs through ``get_token`` and through ``get_token_info``."""
+    return str(request.param)

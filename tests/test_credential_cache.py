@@ -7,27 +7,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import pytest
 
-from azure_msiv2_credential import ErrorCode, MsiV2Error, MsiV2ManagedIdentityCredential
+from azure_msiv2_credential import ErrorCode, MsiV2Error
 from azure_msiv2_credential.emulator import Emulator
 
 from ._helpers import (
     CLAIMS_CHALLENGE,
     DAY,
     HOUR,
-    METHODS,
     OTHER_SCOPE,
     RESOURCE,
     SCOPE,
+    Factory,
     FakeClock,
     acquire,
     calls,
     cert_window,
-    credential,
     expected_rotation,
     latest_certificate,
     refresh_on_of,
@@ -36,31 +34,6 @@ from ._helpers import (
 
 COLD = {"getplatformmetadata": 1, "issuecredential": 1, "token": 1}
 CLAIMS = CLAIMS_CHALLENGE
-
-Factory = Callable[..., MsiV2ManagedIdentityCredential]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def make(emulator: Emulator, clock: FakeClock) -> Iterator[Factory]:
-    made: list[MsiV2ManagedIdentityCredential] = []
-
-    def _make(**kwargs: Any) -> MsiV2ManagedIdentityCredential:
-        made.append(credential(emulator, clock, **kwargs))
-        return made[-1]
-
-    yield _make
-    for cred in made:
-        cred.close()
-
-
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 # --- 1. request rules ------------------------------------------------------------------------------------

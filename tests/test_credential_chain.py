@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -20,10 +19,9 @@ from azure_msiv2_credential import (
 from azure_msiv2_credential.emulator import Emulator
 
 from ._helpers import (
-    METHODS,
     RESOURCE,
     SCOPE,
-    FakeClock,
+    Factory,
     StaticCredential,
     acquire,
     calls,
@@ -34,26 +32,6 @@ from ._helpers import (
 COLD = {"getplatformmetadata": 1, "issuecredential": 1, "token": 1}
 #: The chain's first IMDS contact is a ~1 s probe; anything near the 3 s injected delay means no probe.
 PROBE_BUDGET = 2.0
-
-Factory = Callable[..., MsiV2ManagedIdentityCredential]
-
-
-@pytest.fixture
-def make(emulator: Emulator) -> Iterator[Factory]:
-    made: list[MsiV2ManagedIdentityCredential] = []
-
-    def _make(**kwargs: Any) -> MsiV2ManagedIdentityCredential:
-        made.append(credential(emulator, FakeClock(), **kwargs))
-        return made[-1]
-
-    yield _make
-    for cred in made:
-        cred.close()
-
-
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def _no_sleep(seconds: float) -> None:

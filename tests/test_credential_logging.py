@@ -6,8 +6,7 @@ import base64
 import logging
 import time
 import traceback
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from azure.core.pipeline.transport import RequestsTransport
@@ -20,20 +19,18 @@ from azure_msiv2_credential.emulator import Emulator
 from ._helpers import (
     CLAIMS_CHALLENGE,
     HOUR,
-    METHODS,
     RESOURCE,
     SCOPE,
+    Factory,
     FakeClock,
     StaticCredential,
     acquire,
-    credential,
     latest_certificate,
     secret_leaks,
     thumbprint,
 )
 
 LOGGER = "azure_msiv2_credential"
-Factory = Callable[..., MsiV2ManagedIdentityCredential]
 
 
 class RecordingTransport(RequestsTransport):
@@ -46,29 +43,6 @@ class RecordingTransport(RequestsTransport):
     def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         self.correlation_ids.append(request.headers.get("x-ms-client-request-id", ""))
         return super().send(request, **kwargs)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def make(emulator: Emulator, clock: FakeClock) -> Iterator[Factory]:
-    made: list[MsiV2ManagedIdentityCredential] = []
-
-    def _make(**kwargs: Any) -> MsiV2ManagedIdentityCredential:
-        made.append(credential(emulator, clock, **kwargs))
-        return made[-1]
-
-    yield _make
-    for cred in made:
-        cred.close()
-
-
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def record_texts(records: list[logging.LogRecord]) -> list[str]:

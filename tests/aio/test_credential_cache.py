@@ -7,26 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any, Callable, Optional
 
 import pytest
 
 from azure_msiv2_credential import ErrorCode, MsiV2Error
-from azure_msiv2_credential.aio import MsiV2ManagedIdentityCredential
 from azure_msiv2_credential.emulator import Emulator
 
 from .._helpers import (
     CLAIMS_CHALLENGE,
     DAY,
     HOUR,
-    METHODS,
     OTHER_SCOPE,
     RESOURCE,
     SCOPE,
+    Factory,
     FakeClock,
     aacquire,
-    async_credential,
     calls,
     cert_window,
     expected_rotation,
@@ -37,31 +34,6 @@ from .._helpers import (
 
 COLD = {"getplatformmetadata": 1, "issuecredential": 1, "token": 1}
 CLAIMS = CLAIMS_CHALLENGE
-
-Factory = Callable[..., MsiV2ManagedIdentityCredential]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def make(emulator: Emulator, clock: FakeClock) -> AsyncIterator[Factory]:
-    made: list[MsiV2ManagedIdentityCredential] = []
-
-    def _make(**kwargs: Any) -> MsiV2ManagedIdentityCredential:
-        made.append(async_credential(emulator, clock, **kwargs))
-        return made[-1]
-
-    yield _make
-    for cred in made:
-        await cred.close()
-
-
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 # --- 1. request rules ------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Callable
 
 import pytest
@@ -17,11 +16,10 @@ from azure_msiv2_credential.aio import MsiV2ManagedIdentityCredential
 from azure_msiv2_credential.emulator import Emulator
 
 from .._helpers import (
-    METHODS,
     RESOURCE,
     SCOPE,
     AsyncStaticCredential,
-    FakeClock,
+    Factory,
     aacquire,
     async_credential,
     calls,
@@ -31,26 +29,6 @@ from .._helpers import (
 COLD = {"getplatformmetadata": 1, "issuecredential": 1, "token": 1}
 #: The chain's first IMDS contact is a ~1 s probe; anything near the 3 s injected delay means no probe.
 PROBE_BUDGET = 2.0
-
-Factory = Callable[..., MsiV2ManagedIdentityCredential]
-
-
-@pytest.fixture
-async def make(emulator: Emulator) -> AsyncIterator[Factory]:
-    made: list[MsiV2ManagedIdentityCredential] = []
-
-    def _make(**kwargs: Any) -> MsiV2ManagedIdentityCredential:
-        made.append(async_credential(emulator, FakeClock(), **kwargs))
-        return made[-1]
-
-    yield _make
-    for cred in made:
-        await cred.close()
-
-
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 async def _no_sleep(seconds: float) -> None:
